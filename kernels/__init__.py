@@ -1,0 +1,1 @@
+"""xlstm_edge.kernels"""

@@ -1,0 +1,41 @@
+"""Shared fixtures: fresh random inputs every run (seed printed on failure), float64 references."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """A fresh seed per test, reported in the test's name on failure via the assertion messages."""
+    value = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(value)
+    return value
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Norm-wise relative error ||a - e|| / ||e|| (Frobenius), against a never-zero reference."""
+    expected = expected.double()
+    scale = expected.norm().item()
+    assert scale > 0, "reference is all zeros: the test would prove nothing"
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    return (actual.double() - expected).norm().item() / scale
+
+
+def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """max |a - e| / max |e|: the stricter, element-wise figure (reported, looser bound)."""
+    expected = expected.double()
+    return (actual.double() - expected).abs().max().item() / expected.abs().max().item()
+
+
+def randomize_(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
+    """Perturb every parameter so that no gate or norm sits at its (degenerate) init value."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * scale * (p.std() if p.numel() > 1 and p.std() > 0 else 1.0))
+    return model
