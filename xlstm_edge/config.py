@@ -156,10 +156,13 @@ class xLSTMConfig:  # noqa: N801 (name follows Hugging Face)
         return cls(**{**PRESETS[name], **overrides})
 
 
+# byte-level models: ids 0..255 are the bytes, then <bos> 256, <eos> 257, <pad> 258 (vocab padded to 260)
+BYTE_SPECIALS: dict[str, Any] = dict(vocab_size=260, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 mLSTM blocks and 1 sLSTM block would be "tiny-ms"; tiny stays mLSTM-only like xLSTM 7B
-    "tiny": dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_heads=2, chunk_size=16),
-    "tiny-ms": dict(vocab_size=256, hidden_size=64, num_hidden_layers=3, num_heads=2, chunk_size=16,
+    # tiny: mLSTM-only like xLSTM 7B; tiny-ms: an xLSTM[m:s] stack with an sLSTM block in the middle
+    "tiny": dict(**BYTE_SPECIALS, hidden_size=64, num_hidden_layers=2, num_heads=2, chunk_size=16),
+    "tiny-ms": dict(**BYTE_SPECIALS, hidden_size=64, num_hidden_layers=3, num_heads=2, chunk_size=16,
                     slstm_at=[1], slstm_num_heads=2),
     "small": dict(vocab_size=50304, hidden_size=768, num_hidden_layers=12, num_heads=4),
     "7b": dict(vocab_size=50304, hidden_size=4096, num_hidden_layers=32, num_heads=8, ffn_proj_factor=2.667),
