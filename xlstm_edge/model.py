@@ -11,6 +11,7 @@ Module names follow Hugging Face's ``xLSTMForCausalLM`` so that ``state_dict()``
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -24,6 +25,8 @@ from .slstm import slstm_scan
 from .state import LayerState, State, init_state
 
 Form = Literal["chunkwise", "parallel", "recurrent"]
+# (q, k, v, i, f, state | None, chunk_size, eps) -> (h, (C, n, m)); see xlstm_edge.mlstm.mlstm_chunkwise
+ChunkwiseKernel = Callable[..., tuple[Tensor, tuple[Tensor, Tensor, Tensor]]]
 FORMS: tuple[str, ...] = ("chunkwise", "parallel", "recurrent")
 
 
@@ -42,6 +45,9 @@ class mLSTMLayer(nn.Module):  # noqa: N801
         self.fgate_preact = nn.Linear(c.hidden_size, c.num_heads, bias=True)
         self.multihead_norm = MultiHeadLayerNorm(c.num_heads, c.v_head_dim, c.norm_eps, c.use_bias)
         self.out_proj = nn.Linear(c.v_dim, c.hidden_size, bias=c.use_bias)
+        # the chunkwise form's implementation: ``mlstm_chunkwise`` (PyTorch) unless a kernel is plugged
+        # in (``xLSTMForCausalLM.set_chunkwise_kernel``), same signature and return
+        self.chunkwise_kernel: ChunkwiseKernel = mlstm_chunkwise
 
     def forward(
         self, x: Tensor, state: LayerState | None, form: Form = "chunkwise", chunk_size: int | None = None
@@ -59,7 +65,7 @@ class mLSTMLayer(nn.Module):  # noqa: N801
             h, (C, n, m) = mlstm_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], i[..., 0], f[..., 0], cell_state, c.eps)
             h = h[:, :, None]
         elif form == "chunkwise":
-            h, (C, n, m) = mlstm_chunkwise(q, k, v, i, f, cell_state, chunk_size or c.chunk_size, c.eps)
+            h, (C, n, m) = self.chunkwise_kernel(q, k, v, i, f, cell_state, chunk_size or c.chunk_size, c.eps)
         elif form == "parallel":
             h, (C, n, m) = mlstm_parallel(q, k, v, i, f, cell_state, c.eps)
         elif form == "recurrent":
@@ -178,6 +184,12 @@ class xLSTMForCausalLM(nn.Module):  # noqa: N801
 
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+    def set_chunkwise_kernel(self, kernel: ChunkwiseKernel | None) -> None:
+        """Run every mLSTM layer's chunkwise form through ``kernel`` (None: the PyTorch form)."""
+        for block in self.backbone.blocks:
+            if isinstance(block, mLSTMBlock):
+                block.mlstm_layer.chunkwise_kernel = kernel or mlstm_chunkwise
 
     def init_state(self, batch_size: int = 1, device=None) -> State:
         return init_state(self.config, batch_size, device=device)
