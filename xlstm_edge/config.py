@@ -9,14 +9,17 @@ Presets (``xLSTMConfig.from_preset``):
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 
 def round_up(value: float, multiple_of: int) -> int:
-    """Smallest multiple of ``multiple_of`` that is >= ``value``."""
-    return int(math.ceil(value / multiple_of) * multiple_of)
+    """Hugging Face's rounding: floor((value + multiple_of - 1) / multiple_of) * multiple_of.
+
+    For a fractional value this can round down (768 * 2.667 = 2048.3 -> 2048); we keep it
+    bit-for-bit so that checkpoints have the same FFN width as transformers builds.
+    """
+    return int(((value + multiple_of - 1) // multiple_of) * multiple_of)
 
 
 @dataclass
