@@ -170,7 +170,7 @@ def _read_config(path: Path) -> tuple[dict[str, Any], xLSTMConfig]:
         raise CheckpointError(f"{path}: {exc}") from exc
 
 
-def _read_headers(files: list[Path], index: dict[str, str] | None) -> dict[str, _TensorInfo]:
+def _read_headers(files: list[Path], index: dict[str, str] | None, index_path: Path) -> dict[str, _TensorInfo]:
     """Shapes and dtypes of every stored tensor, from the headers only (no tensor data is read)."""
     stored: dict[str, _TensorInfo] = {}
     for file in files:
@@ -188,7 +188,7 @@ def _read_headers(files: list[Path], index: dict[str, str] | None) -> dict[str, 
     if index is not None:
         for name, shard in index.items():
             if name not in stored or stored[name].file.name != shard:
-                raise CheckpointError(f"{INDEX_NAME} puts tensor {name} in {shard}, which does not hold it")
+                raise CheckpointError(f"{index_path} puts tensor {name} in {shard}, which does not hold it")
     return stored
 
 
@@ -211,10 +211,12 @@ def _check_config(config: xLSTMConfig, raw: dict[str, Any], stored: dict[str, _T
     """Raise when config.json and the tensors disagree on a size; say which field and what the weights imply."""
     problems: list[str] = []
 
-    def disagree(field: str, stated: Any, tensor: str, implied: Any) -> None:
-        if stated != implied:
-            shape = _fmt(stored[tensor].shape)
-            problems.append(f"{field}={stated} but {tensor} {shape} implies {field}={implied}")
+    def disagree(field: str, stated: Any, tensor: str, implied: Any, derived: str | None = None) -> None:
+        """``derived``: the size that ``field`` sets (e.g. qk_dim from qk_dim_factor), when it is not the field."""
+        ours = stated if derived is None else getattr(config, derived)
+        if ours != implied:
+            said = f"{field}={stated}" + ("" if derived is None else f" ({derived}={ours})")
+            problems.append(f"{said} but {tensor} {_fmt(stored[tensor].shape)} implies {derived or field}={implied}")
 
     for emb in (EMBEDDING, LARGE_EMBEDDING, LM_HEAD):
         if emb in stored and len(stored[emb].shape) == 2:
@@ -236,26 +238,27 @@ def _check_config(config: xLSTMConfig, raw: dict[str, Any], stored: dict[str, _T
         s_blocks = sorted(i for i, parts in blocks.items() if any(k.startswith("slstm_layer.") for k in parts))
         if s_blocks != config.slstm_at:
             problems.append(f"slstm_at={config.slstm_at} but the weights have sLSTM blocks at {s_blocks}")
+        hidden_ok = not any(p.startswith("hidden_size=") for p in problems)  # else derived sizes repeat it
         m_parts = next((blocks[i] for i in sorted(blocks) if i not in s_blocks), {})
         rows_of = {suffix: stored[name].shape[0] for suffix, name in m_parts.items() if stored[name].shape}
-        for suffix, field, stated, divisor in (
-            ("mlstm_layer.igate_preact.weight", "num_heads", config.num_heads, 1),
-            ("mlstm_layer.ifgate_preact.weight", "num_heads", config.num_heads, 2),
-            ("mlstm_layer.q.weight", "qk_dim (hidden_size * qk_dim_factor)", config.qk_dim, 1),
-            ("mlstm_layer.v.weight", "v_dim (hidden_size * v_dim_factor)", config.v_dim, 1),
-            ("ffn.proj_up.weight", "ffn_dim (from ffn_proj_factor)", config.ffn_dim, 1),
-            ("ffn.proj_up_gate_z.weight", "ffn_dim (from ffn_proj_factor)", config.ffn_dim, 2),
+        for suffix, field, divisor, derived in (
+            ("mlstm_layer.igate_preact.weight", "num_heads", 1, None),
+            ("mlstm_layer.ifgate_preact.weight", "num_heads", 2, None),
+            ("mlstm_layer.q.weight", "qk_dim_factor", 1, "qk_dim"),
+            ("mlstm_layer.v.weight", "v_dim_factor", 1, "v_dim"),
+            ("ffn.proj_up.weight", "ffn_proj_factor", 1, "ffn_dim"),
+            ("ffn.proj_up_gate_z.weight", "ffn_proj_factor", 2, "ffn_dim"),
         ):
-            if suffix in rows_of:
-                disagree(field, stated, m_parts[suffix], rows_of[suffix] // divisor)
+            if suffix in rows_of and (derived is None or hidden_ok):
+                disagree(field, getattr(config, field), m_parts[suffix], rows_of[suffix] // divisor, derived)
         s_parts = blocks[s_blocks[0]] if s_blocks else {}
-        if "slstm_layer.recurrent" in s_parts and stored[s_parts["slstm_layer.recurrent"]].shape:
-            disagree("slstm_num_heads", config.slstm_num_heads, s_parts["slstm_layer.recurrent"],
-                     stored[s_parts["slstm_layer.recurrent"]].shape[0])
+        recurrent = s_parts.get("slstm_layer.recurrent")
+        if recurrent is not None and stored[recurrent].shape:
+            disagree("slstm_num_heads", config.slstm_num_heads, recurrent, stored[recurrent].shape[0])
     fused = any(name.rsplit(".", 1)[0].endswith(tuple(_FUSED)) for name in stored)
     stated_mode = raw.get("weight_mode")
     if stated_mode is not None and stated_mode != ("fused" if fused else "single"):
-        problems.append(f"weight_mode={stated_mode!r} but the weights are {'fused' if fused else 'single (unfused)'}")
+        problems.append(f"weight_mode={stated_mode} but the weights are {'fused' if fused else 'single (unfused)'}")
     if problems:
         raise CheckpointError("config.json contradicts the weights: " + "; ".join(problems))
 
@@ -330,7 +333,7 @@ def _open(path: str | os.PathLike[str]) -> _Checkpoint:
     """Locate files, read config and headers, check them against each other; reads no tensor data."""
     root, config_path, files, index = _locate(path)
     raw, config = _read_config(config_path)
-    stored = _read_headers(files, index)
+    stored = _read_headers(files, index, root / INDEX_NAME)
     if not stored:
         raise CheckpointError(f"the weights in {root} hold no tensors")
     _check_config(config, raw, stored)
