@@ -233,6 +233,8 @@ def test_bad_tokenizer_files(tmp_path: Path) -> None:
     corrupt.write_text('{"version": "1.0"}')
     with pytest.raises(TokenizerError, match="not a valid tokenizer.json"):
         load_tokenizer(corrupt)
+    with pytest.raises(TokenizerError, match="pad_token_id 50000 is out of range"):
+        load_tokenizer(sentencepiece_style_bpe(tmp_path), xLSTMConfig.from_preset("small", pad_token_id=50000))
     directory = gpt2_style_bpe(tmp_path)
     (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     with pytest.raises(TokenizerError, match="eos_token '</s>'"):

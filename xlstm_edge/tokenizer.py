@@ -45,6 +45,10 @@ class TokenizerError(ValueError):
     """A tokenizer file is missing, corrupt or inconsistent with the model (one line, names the problem)."""
 
 
+class TokenIdError(TokenizerError):
+    """A token id outside the tokenizer's vocabulary (or not an integer)."""
+
+
 @lru_cache(maxsize=1)
 def byte_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from the 256 byte values to printable unicode characters (ByteLevel scheme).
@@ -106,7 +110,7 @@ class Tokenizer:
         return self.backend.encode(text, add_special_tokens=False).ids
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
-        """Text of ``ids``; invalid UTF-8 becomes U+FFFD. Raises ValueError for an id outside the vocab."""
+        """Text of ``ids``; invalid UTF-8 becomes U+FFFD. Raises TokenIdError (a ValueError) for a bad id."""
         return self.backend.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def token_bytes(self, token_id: int, skip_special_tokens: bool = True) -> bytes:
@@ -131,13 +135,13 @@ class Tokenizer:
         return token_id in self._special_ids
 
     def _check_id(self, token_id: int, what: str = "token id") -> int:
-        """``token_id`` as a plain int; ValueError naming it when it is not an id of this tokenizer."""
+        """``token_id`` as a plain int; TokenIdError naming it when it is not an id of this tokenizer."""
         try:
             value = operator.index(token_id)  # int, numpy and torch integer scalars; not floats
         except TypeError:
-            raise ValueError(f"{what} {token_id!r} is not an integer") from None
+            raise TokenIdError(f"{what} {token_id!r} is not an integer") from None
         if not 0 <= value < self.vocab_size or value in self._unused_ids:
-            raise ValueError(f"{what} {value} is out of range for this tokenizer (ids 0..{self.vocab_size - 1})")
+            raise TokenIdError(f"{what} {value} is out of range for this tokenizer (ids 0..{self.vocab_size - 1})")
         return value
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
@@ -197,7 +201,8 @@ def byte_tokenizer() -> Tokenizer:
 def load_tokenizer(path: str | Path, config: Any | None = None) -> Tokenizer:
     """Load a ``tokenizer.json`` (a file, or a directory holding one); a directory without one is byte-level.
 
-    Special ids come from ``tokenizer_config.json`` or ``special_tokens_map.json`` beside the file, else
+    Special ids come from ``tokenizer_config.json`` or ``special_tokens_map.json`` beside a file named
+    ``tokenizer.json``, else
     from the tokenizer's special added tokens by their usual names (``<eos>``, ``</s>``, ``<|endoftext|>``,
     ...), else from ``config`` (an ``xLSTMConfig``: its ``bos/eos/pad_token_id``). With ``config`` given,
     a tokenizer with more ids than the model's vocab is an error.
@@ -215,7 +220,8 @@ def load_tokenizer(path: str | Path, config: Any | None = None) -> Tokenizer:
         raise TokenizerError(f"tokenizer not found: {path} does not exist")
 
     backend = _read_backend(tok_file)
-    named = _special_names_from_files(tok_file.parent)
+    # the HF side files describe a tokenizer.json beside them, not some other *.json in that folder
+    named = _special_names_from_files(tok_file.parent) if tok_file.name == TOKENIZER_FILE else {}
     ids: dict[str, int | None] = {}
     for role in SPECIAL_ROLES:
         name = named.get(role)
@@ -230,7 +236,7 @@ def load_tokenizer(path: str | Path, config: Any | None = None) -> Tokenizer:
                 ids[role] = getattr(config, f"{role}_token_id", None)
     try:
         tok = Tokenizer(backend, ids["bos"], ids["eos"], ids["pad"])
-    except ValueError as e:  # a special id from the model config outside this tokenizer
+    except TokenIdError as e:  # a special id from the model config outside this tokenizer
         raise TokenizerError(f"{tok_file}: {e}") from e
     _check_fits_model(tok, config, str(tok_file))
     return tok
@@ -307,7 +313,7 @@ class StreamDecoder:
         self._prefix = ""
 
     def push(self, token_id: int) -> str:
-        """Text completed by ``token_id`` (possibly ""). Raises ValueError for an id outside the vocab."""
+        """Text completed by ``token_id`` (possibly ""). Raises TokenIdError (a ValueError) for a bad id."""
         tok = self.tokenizer
         if tok.byte_level:
             return self._utf8.decode(tok.token_bytes(token_id, self.skip_special_tokens))
