@@ -13,7 +13,13 @@ from safetensors.torch import load_file, save_file
 import xlstm_edge.checkpoint as ckpt_mod
 from tests.conftest import randomize_
 from xlstm_edge import state_bytes, xLSTMConfig, xLSTMForCausalLM
-from xlstm_edge.checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint
+from xlstm_edge.checkpoint import (
+    CheckpointError,
+    checkpoint_info,
+    expected_shapes,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def _model(preset: str = "tiny", **overrides) -> xLSTMForCausalLM:
@@ -338,3 +344,19 @@ def test_checkpoint_info_reads_headers_only(saved: Path) -> None:
 def test_checkpoint_info_bad_input(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not found"):
         checkpoint_info(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-ms"])
+@pytest.mark.parametrize(
+    "extra", [{}, {"use_bias": True}, {"tie_word_embeddings": True}, {"add_out_norm": False},
+              {"slstm_conv_kernel_size": 0}], ids=["plain", "bias", "tied", "no-out-norm", "no-conv"]
+)
+def test_expected_shapes_match_the_model(preset: str, extra: dict) -> None:
+    """The loader's shape table (worked out from the config) is the model's own state dict, in order."""
+    config = xLSTMConfig.from_preset(preset, **extra)
+    with torch.device("meta"):
+        model = xLSTMForCausalLM(config)
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    if config.tie_word_embeddings:
+        shapes.remove(("lm_head.weight", (config.vocab_size, config.hidden_size)))
+    assert list(expected_shapes(config).items()) == shapes

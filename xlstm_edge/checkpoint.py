@@ -14,7 +14,9 @@ Tensor names (auto-detected, per tensor):
 
 Every problem raises ``CheckpointError`` (a ``ValueError``) with one line that names it. Loading is cheap:
 safetensors files are opened lazily (mmap), the model is built on the meta device and the loaded tensors are
-assigned to it (``load_state_dict(assign=True)``), so no weight is allocated twice.
+assigned to it (``load_state_dict(assign=True)``), so no weight is allocated twice and none is initialized
+(the first meta-device model in a process costs a one-time ~2-4 s: torch imports torch._dynamo for it).
+``checkpoint_info`` reads headers only and works out the expected shapes from the config (milliseconds).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -193,13 +195,61 @@ def _read_headers(files: list[Path], index: dict[str, str] | None, index_path: P
 
 
 # ---- mapping stored names to model names ----------------------------------------------------------
-def _expected_shapes(config: xLSTMConfig) -> dict[str, tuple[int, ...]]:
-    """Parameter name -> shape of the model for ``config`` (built on meta: no memory, no init cost)."""
-    with torch.device("meta"):
-        model = xLSTMForCausalLM(config)
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        shapes.pop(LM_HEAD)
+def expected_shapes(config: xLSTMConfig) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape, in ``xLSTMForCausalLM(config).state_dict()`` order (lm_head left out when tied).
+
+    Worked out from the config alone: building even a meta-device model costs seconds the first time in a
+    process (``normal_`` on meta imports torch._dynamo), too much for ``checkpoint_info``. A test keeps this
+    equal to the model's own state dict.
+    """
+    c = config
+    D, V = c.hidden_size, c.vocab_size
+    shapes: dict[str, tuple[int, ...]] = {EMBEDDING: (V, D)}
+
+    def linear(name: str, n_in: int, n_out: int, bias: bool) -> None:
+        shapes[f"{name}.weight"] = (n_out, n_in)
+        if bias:
+            shapes[f"{name}.bias"] = (n_out,)
+
+    def norm(name: str, dim: int) -> None:
+        shapes[f"{name}.weight"] = (dim,)
+        if c.use_bias:
+            shapes[f"{name}.bias"] = (dim,)
+
+    def ffn(prefix: str, hidden: int) -> None:
+        linear(f"{prefix}.ffn.proj_up_gate", D, hidden, c.use_bias)
+        linear(f"{prefix}.ffn.proj_up", D, hidden, c.use_bias)
+        linear(f"{prefix}.ffn.proj_down", hidden, D, c.use_bias)
+
+    for i, kind in enumerate(c.block_types()):
+        b = f"backbone.blocks.{i}"
+        if kind == "m":
+            norm(f"{b}.norm_mlstm", D)
+            for name, dim in (("q", c.qk_dim), ("k", c.qk_dim), ("v", c.v_dim), ("ogate_preact", c.v_dim)):
+                linear(f"{b}.mlstm_layer.{name}", D, dim, c.use_bias)
+            linear(f"{b}.mlstm_layer.igate_preact", D, c.num_heads, True)
+            linear(f"{b}.mlstm_layer.fgate_preact", D, c.num_heads, True)
+            norm(f"{b}.mlstm_layer.multihead_norm", c.v_dim)
+            linear(f"{b}.mlstm_layer.out_proj", c.v_dim, D, c.use_bias)
+            norm(f"{b}.norm_ffn", D)
+            ffn(b, c.ffn_dim)
+        else:
+            norm(f"{b}.norm_slstm", D)
+            layer = f"{b}.slstm_layer"
+            shapes[f"{layer}.recurrent"] = (c.slstm_num_heads, c.slstm_head_dim, 4 * c.slstm_head_dim)
+            shapes[f"{layer}.bias"] = (4 * D,)
+            if c.slstm_conv_kernel_size > 0:
+                shapes[f"{layer}.conv.weight"] = (D, 1, c.slstm_conv_kernel_size)
+                shapes[f"{layer}.conv.bias"] = (D,)
+            for gate in ("igate", "fgate", "zgate", "ogate"):
+                linear(f"{layer}.{gate}", D, D, False)
+            norm(f"{layer}.group_norm", D)
+            norm(f"{b}.norm_ffn", D)
+            ffn(b, c.slstm_ffn_dim)
+    if c.add_out_norm:
+        norm("backbone.out_norm", D)
+    if not c.tie_word_embeddings:
+        shapes[LM_HEAD] = (V, D)
     return shapes
 
 
@@ -337,7 +387,7 @@ def _open(path: str | os.PathLike[str]) -> _Checkpoint:
     if not stored:
         raise CheckpointError(f"the weights in {root} hold no tensors")
     _check_config(config, raw, stored)
-    plan, layout, weight_mode = _plan(stored, _expected_shapes(config), config.tie_word_embeddings)
+    plan, layout, weight_mode = _plan(stored, expected_shapes(config), config.tie_word_embeddings)
     return _Checkpoint(root, files, config, plan, stored, layout, weight_mode)
 
 
@@ -383,7 +433,7 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype = torch.flo
 
 
 def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Sizes of a checkpoint from its headers (no model is built, no tensor data read).
+    """Sizes of a checkpoint from its headers (no tensor data read; the model exists only on meta).
 
     Keys: path, layout ("hf" | "xlstm_large"), weight_mode ("single" | "fused"), files, num_params (as the
     model counts them: a tied embedding once), bytes_by_dtype and total_bytes (of the tensors stored),
@@ -491,7 +541,8 @@ def save_checkpoint(
     tensors = _tensors_to_save(model)
     shards = _shards(tensors, max_shard_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
+    tmp.mkdir()  # (not mkdtemp: its 0700 mode would stay on the finished checkpoint)
     try:
         (tmp / CONFIG_NAME).write_text(json.dumps(_hf_config_dict(model), indent=2, sort_keys=True) + "\n")
         if len(shards) == 1:
@@ -507,10 +558,14 @@ def save_checkpoint(
             (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
             tokenizer.save(tmp)
-        if out.exists():  # overwrite: move the old one aside, then swap, then delete it
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
+        if out.exists():  # overwrite: move the old one aside, swap, then delete it (or put it back)
+            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
+            os.replace(out, old)
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old, out)
+                raise
             shutil.rmtree(old)
         else:
             os.replace(tmp, out)
