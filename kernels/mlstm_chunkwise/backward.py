@@ -1,0 +1,299 @@
+"""Chunkwise mLSTM backward in Triton, the mirror of forward.py, plus the gate-gradient glue.
+
+Shapes as in forward.py (BH = B * NH, NC chunks of L). The gradient splits in two parts:
+
+1. Holding every stabilizer m fixed, h and the final state are sums of exp(log-weight) * products, so
+   the kernels give dq, dk, dv, dC0, dn0 and two per-position dot products, q.dq and k.dk. With those,
+   d i_j = k_j.dk_j and d logf_l = T + sum_{t >= l} (q_t.dq_t - k_t.dk_t), where T = <C_S, dC_S> +
+   n_S.dn_S is the final state's share (the log forget gate of token l scales every term that
+   crosses it; see docs in function.py).
+2. The stabilizers cancel between numerator and denominator except in eps (h = NUM / (max(|DEN|, 1) +
+   eps e^m) in unstabilized terms) and in the final state (C_S = e^{-m_S} C~). That gradient flows
+   along the running max m_t = max(logf_t + m_{t-1}, i_t): a small segmented scan done in PyTorch.
+
+Level 1 (`_bwd_states_kernel`): one program per (DQK tile, DV tile, BH) walks the chunks backwards
+and writes dC / dn at the end of every chunk; its last value is the initial state's gradient.
+Level 2 (`_bwd_inputs_kernel`): one program per (chunk, BH) computes dq, dk, dv of the chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ..common import dot_precision
+from .forward import ChunkwiseConfig, pick_blocks
+
+
+@triton.jit
+def _bwd_delta_kernel(
+    h_ptr, dh_ptr, delta_ptr, S,
+    DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    """delta (BH, S) = sum over DV of dh * h."""
+    pt = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    t = pt * BT + tl.arange(0, BT)
+    mask_t = t < S
+    acc = tl.zeros((BT,), dtype=tl.float32)
+    for vt in range(DV // BV):
+        offs_v = vt * BV + tl.arange(0, BV)
+        ptrs = (bh * S + t[:, None]) * DV + offs_v[None, :]
+        hh = tl.load(h_ptr + ptrs, mask=mask_t[:, None], other=0.0).to(tl.float32)
+        dd = tl.load(dh_ptr + ptrs, mask=mask_t[:, None], other=0.0).to(tl.float32)
+        acc += tl.sum(hh * dd, axis=1)
+    tl.store(delta_ptr + bh * S + t, acc, mask=mask_t)
+
+
+@triton.jit
+def _bwd_states_kernel(
+    q_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr, ms_ptr,
+    dCf_ptr, dnf_ptr,
+    dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr,
+    S, NC, scale,
+    L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    pk = tl.program_id(0)
+    pv = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    offs_k = pk * BK + tl.arange(0, BK)
+    offs_v = pv * BV + tl.arange(0, BV)
+    offs_t = tl.arange(0, L)
+    c_tile = offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_DFINAL:
+        dC = tl.load(dCf_ptr + bh * DQK * DV + c_tile).to(tl.float32)
+        dn = tl.load(dnf_ptr + bh * DQK + offs_k).to(tl.float32)
+    else:
+        dC = tl.zeros((BK, BV), dtype=tl.float32)
+        dn = tl.zeros((BK,), dtype=tl.float32)
+    for cc in range(NC):
+        c = NC - 1 - cc
+        # the gradient of the state at the end of chunk c
+        tl.store(dCs_ptr + (bh * NC + c) * DQK * DV + c_tile, dC.to(dCs_ptr.dtype.element_ty))
+        if pv == 0:
+            tl.store(dns_ptr + (bh * NC + c) * DQK + offs_k, dn)
+        t = c * L + offs_t
+        mask_t = t < S
+        lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
+        b = tl.cumsum(lf, axis=0)
+        g = tl.sum(lf, axis=0)
+        m_k = tl.load(ms_ptr + bh * (NC + 1) + c)
+        m_next = tl.load(ms_ptr + bh * (NC + 1) + c + 1)
+        m_pos = tl.load(mpos_ptr + bh * S + t, mask=mask_t, other=0.0)
+        norm = tl.load(norm_ptr + bh * S + t, mask=mask_t, other=1.0)
+        dden = tl.load(dden_ptr + bh * S + t, mask=mask_t, other=0.0)
+        alpha = tl.exp(b + m_k - m_pos) * scale  # weight of C_k in position t's output, times 1/sqrt(DQK)
+        qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        dht = tl.load(dh_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+        dnum = dht.to(tl.float32) / norm[:, None]
+        qa = qt.to(tl.float32) * alpha[:, None]
+        decay = tl.exp(g + m_k - m_next)
+        dC = decay * dC + tl.dot(tl.trans(qa.to(qt.dtype)), dnum.to(qt.dtype), input_precision=DOT_PREC)
+        dn = decay * dn + tl.sum(qa * dden[:, None], axis=0)
+    tl.store(dC0_ptr + bh * DQK * DV + c_tile, dC)
+    if pv == 0:
+        tl.store(dn0_ptr + bh * DQK + offs_k, dn)
+
+
+@triton.jit
+def _bwd_inputs_kernel(
+    q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr,
+    Cs_ptr, ns_ptr, ms_ptr, dCs_ptr, dns_ptr,
+    dq_ptr, dk_ptr, dv_ptr, qdq_ptr, kdk_ptr,
+    S, NC, scale,
+    L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_t = tl.arange(0, L)
+    t = c * L + offs_t
+    mask_t = t < S
+    row_k = (bh * S + t[:, None]) * DQK
+    row_v = (bh * S + t[:, None]) * DV
+    lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
+    ig = tl.load(ig_ptr + bh * S + t, mask=mask_t, other=float("-inf"))
+    b = tl.cumsum(lf, axis=0)
+    g = tl.sum(lf, axis=0)
+    m_k = tl.load(ms_ptr + bh * (NC + 1) + c)
+    m_next = tl.load(ms_ptr + bh * (NC + 1) + c + 1)
+    m_pos = tl.load(mpos_ptr + bh * S + t, mask=mask_t, other=0.0)
+    norm = tl.load(norm_ptr + bh * S + t, mask=mask_t, other=1.0)
+    dden = tl.load(dden_ptr + bh * S + t, mask=mask_t, other=0.0)
+    state_base = (bh * NC + c) * DQK
+    dtype = q_ptr.dtype.element_ty
+
+    # scores q^ k^T and dP = dnum v^T + dden, each reduced over its head dim
+    scores = tl.zeros((L, L), dtype=tl.float32)
+    for kt in range(DQK // BK):
+        offs_k = kt * BK + tl.arange(0, BK)
+        qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        scores += tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
+    dp = tl.zeros((L, L), dtype=tl.float32)
+    for vt in range(DV // BV):
+        offs_v = vt * BV + tl.arange(0, BV)
+        dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+        vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+        dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
+        dp += tl.dot(dnum, tl.trans(vv), input_precision=DOT_PREC)
+    dp += dden[:, None]
+
+    causal = offs_t[:, None] >= offs_t[None, :]
+    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
+    w = tl.exp(log_d - m_pos[:, None])
+    wdp = (w * dp).to(dtype)  # d(scores) up to the 1/sqrt(DQK) factor
+    ws = (w * scores * scale).to(dtype)
+    alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
+    beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
+
+    qdq = tl.zeros((L,), dtype=tl.float32)
+    kdk = tl.zeros((L,), dtype=tl.float32)
+    for kt in range(DQK // BK):
+        offs_k = kt * BK + tl.arange(0, BK)
+        qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dnum C_k^T
+        dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
+        for vt in range(DV // BV):
+            offs_v = vt * BV + tl.arange(0, BV)
+            dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+            dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
+            vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+            tile = (state_base + offs_k[:, None]) * DV + offs_v[None, :]
+            ct = tl.load(Cs_ptr + tile)
+            dct = tl.load(dCs_ptr + tile)
+            dq_inter += tl.dot(dnum, tl.trans(ct), input_precision=DOT_PREC)
+            dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
+        nk = tl.load(ns_ptr + state_base + offs_k)
+        dnk = tl.load(dns_ptr + state_base + offs_k)
+        dq = tl.dot(wdp, kk, input_precision=DOT_PREC)
+        dq += alpha[:, None] * (dq_inter + dden[:, None] * nk[None, :])
+        dq = dq * scale
+        dk = tl.dot(tl.trans(wdp), qt, input_precision=DOT_PREC) * scale
+        dk += beta[:, None] * (dk_inter + dnk[None, :])
+        qdq += tl.sum(qt.to(tl.float32) * dq, axis=1)
+        kdk += tl.sum(kk.to(tl.float32) * dk, axis=1)
+        tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
+        tl.store(dk_ptr + row_k + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mask_t[:, None])
+    tl.store(qdq_ptr + bh * S + t, qdq, mask=mask_t)
+    tl.store(kdk_ptr + bh * S + t, kdk, mask=mask_t)
+
+    for vt in range(DV // BV):
+        offs_v = vt * BV + tl.arange(0, BV)
+        dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+        dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
+        dv = tl.dot(tl.trans(ws), dnum, input_precision=DOT_PREC)
+        dv_inter = tl.zeros((L, BV), dtype=tl.float32)  # k dC_{k+1}
+        for kt in range(DQK // BK):
+            offs_k = kt * BK + tl.arange(0, BK)
+            kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+            dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
+            dv_inter += tl.dot(kk, dct, input_precision=DOT_PREC)
+        dv += beta[:, None] * dv_inter
+        tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
+
+
+def output_grad_terms(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: float):
+    """Per-position pieces of dh's effect through the normaliser.
+
+    h, dh (BH, S, DV); m_pos, den (BH, S) float32. With norm = max(|den|, e^-m) + eps and
+    s = (dh . h) / norm: d den = -sign(den) s where |den| > e^-m (else 0), and the stabilizer's own
+    gradient (through eps) d m = -eps s. Returns norm, dden, dm (BH, S) float32.
+    """
+    BH, S, DV = h.shape
+    delta = torch.empty(BH, S, device=h.device, dtype=torch.float32)
+    from ..common import pick_block
+
+    _bwd_delta_kernel[(triton.cdiv(S, 64), BH)](h, dh, delta, S, DV=DV, BT=64, BV=pick_block(DV))
+    floor = torch.exp(-m_pos)
+    norm = torch.maximum(den.abs(), floor) + eps
+    s = delta / norm
+    dden = torch.where(den.abs() > floor, -torch.sign(den) * s, torch.zeros_like(s))
+    return norm, dden, -eps * s
+
+
+def chunk_states_bwd(
+    q: Tensor, dh: Tensor, lf: Tensor, ig: Tensor, m_pos: Tensor, norm: Tensor, dden: Tensor, ms: Tensor,
+    dfinal: tuple[Tensor, Tensor] | None, chunk_size: int, config: ChunkwiseConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Level 1 backward. Returns dCs (BH,NC,DQK,DV) in q's dtype and dns (BH,NC,DQK): gradients of
+    the state at the end of every chunk; and dC0 (BH,DQK,DV), dn0 (BH,DQK) float32."""
+    BH, S, DQK = q.shape
+    DV = dh.shape[-1]
+    NC = ms.shape[1] - 1
+    BK, BV = pick_blocks(DQK, DV, config)
+    dev = q.device
+    dCs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=q.dtype)
+    dns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
+    dC0 = torch.empty(BH, DQK, DV, device=dev, dtype=torch.float32)
+    dn0 = torch.empty(BH, DQK, device=dev, dtype=torch.float32)
+    dCf, dnf = dfinal if dfinal is not None else (dC0, dn0)  # unused pointers when HAS_DFINAL is off
+    _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
+        q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
+        DOT_PREC=dot_precision(q.dtype), num_warps=config.num_warps_states, num_stages=config.num_stages,
+    )  # fmt: skip
+    return dCs, dns, dC0, dn0
+
+
+def chunk_inputs_bwd(
+    q: Tensor, k: Tensor, v: Tensor, dh: Tensor, lf: Tensor, ig: Tensor, m_pos: Tensor, norm: Tensor,
+    dden: Tensor, Cs: Tensor, ns: Tensor, ms: Tensor, dCs: Tensor, dns: Tensor,
+    chunk_size: int, config: ChunkwiseConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Level 2 backward. Returns dq, dk (BH,S,DQK), dv (BH,S,DV) in q's dtype, q.dq and k.dk (BH,S)."""
+    BH, S, DQK = q.shape
+    DV = v.shape[-1]
+    NC = Cs.shape[1]
+    BK, BV = pick_blocks(DQK, DV, config)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    qdq = torch.empty(BH, S, device=q.device, dtype=torch.float32)
+    kdk = torch.empty_like(qdq)
+    _bwd_inputs_kernel[(NC, BH)](
+        q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, qdq, kdk,
+        S, NC, DQK**-0.5,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
+        num_warps=config.num_warps_output, num_stages=config.num_stages,
+    )  # fmt: skip
+    return dq, dk, dv, qdq, kdk
+
+
+def gate_grads(
+    lf: Tensor, ig: Tensor, m0: Tensor, m_pos: Tensor, qdq: Tensor, kdk: Tensor, dm_pos: Tensor,
+    final_share: Tensor | None, dm_final: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients of the gate pre-activations from the kernels' dot products and the stabilizer path.
+
+    lf, ig, m_pos, qdq, kdk, dm_pos: (BH, S) float32; m0 (BH,) the initial stabilizer;
+    final_share (BH,) = <C_S, dC_S> + n_S.dn_S (None without final-state gradients); dm_final (BH,)
+    the incoming gradient of the final m (or None). Returns d logf (BH,S), d i (BH,S), d m0 (BH,):
+    the last one only the stabilizer-path share (the caller adds <C0, dC0> + n0.dn0).
+    """
+    S = lf.shape[1]
+    # part 1, every m held fixed
+    dlf = (qdq - kdk).flip(-1).cumsum(-1).flip(-1)
+    di = kdk.clone()
+    # part 2: the running max m_t = max(lf_t + m_{t-1}, i_t), backwards
+    dm = dm_pos.clone()
+    if dm_final is not None:
+        dm[:, -1] += dm_final
+    if final_share is not None:
+        dlf += final_share[:, None]
+        dm[:, -1] -= final_share  # C_S = e^{-m_S} C~: holding C~, dL/dm_S loses <C_S, dC_S> + n_S.dn_S
+    reset = m_pos <= ig  # m_t == i_t: the input gate won, nothing flows to m_{t-1}
+    # acc_t = sum of dm over t' >= t up to (not including) the next reset after t
+    tail = dm.flip(-1).cumsum(-1).flip(-1)
+    tail = torch.cat([tail, torch.zeros_like(tail[:, :1])], 1)  # (BH, S + 1), tail[S] = 0
+    idx = torch.arange(S, device=lf.device).expand_as(reset)
+    cand = torch.where(reset, idx, torch.full_like(idx, S))
+    next_incl = cand.flip(-1).cummin(-1).values.flip(-1)  # first reset at or after t
+    next_after = torch.cat([next_incl[:, 1:], torch.full_like(next_incl[:, :1], S)], 1)
+    acc = tail[:, :S] - tail.gather(1, next_after)
+    di += torch.where(reset, acc, torch.zeros_like(acc))
+    dlf += torch.where(reset, torch.zeros_like(acc), acc)
+    dm0 = torch.where(reset[:, 0], torch.zeros_like(acc[:, 0]), acc[:, 0])
+    return dlf, di, dm0

@@ -1,0 +1,224 @@
+"""Chunkwise mLSTM forward in Triton: an inter-chunk state pass, then a parallel intra-chunk pass.
+
+Shapes (BH = B * NH flattened, S sequence, L chunk size, NC = ceil(S / L) chunks):
+    q, k (BH, S, DQK)   v (BH, S, DV)   lf = logsigmoid(f~), ig = i~: (BH, S) float32
+    chunk-start states  Cs (BH, NC, DQK, DV) in q's dtype,  ns (BH, NC, DQK), ms (BH, NC + 1) float32
+    outputs             h (BH, S, DV) in q's dtype, per-position stabilizer m and denominator den (BH, S)
+Equations: ../shared/XLSTM_MATH.md (chunkwise form). Positions past S are padding: their input gate
+is -inf and their log forget gate 0, so they leave the state untouched; their outputs are not stored.
+
+Level 1 (`_fwd_states_kernel`): one program per (DQK tile, DV tile, BH) walks the chunks in order,
+keeps its C tile in float32 registers, and writes the state at the start of every chunk (plus the
+final state). Level 2 (`_fwd_output_kernel`): one program per (chunk, BH), all chunks in parallel:
+the causal L x L part plus the inter-chunk part q C_k, normalised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ChunkwiseConfig:
+    """Tile sizes and launch settings (the chunk size itself is an argument of the op).
+
+    block_k / block_v: tiles of DQK / DV (0 = pick the largest of 64, 32, 16 that divides the dim).
+    """
+
+    block_k: int = 0
+    block_v: int = 0
+    num_warps_states: int = 4
+    num_warps_output: int = 4
+    num_stages: int = 2
+
+
+@triton.jit
+def _fwd_states_kernel(
+    k_ptr, v_ptr, lf_ptr, ig_ptr,
+    C0_ptr, n0_ptr, m0_ptr,
+    Cs_ptr, ns_ptr, ms_ptr,
+    Cf_ptr, nf_ptr,
+    S, NC,
+    L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    pk = tl.program_id(0)
+    pv = tl.program_id(1)
+    bh = tl.program_id(2).to(tl.int64)
+    offs_k = pk * BK + tl.arange(0, BK)
+    offs_v = pv * BV + tl.arange(0, BV)
+    offs_t = tl.arange(0, L)
+    c_tile = offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_INIT:
+        C = tl.load(C0_ptr + bh * DQK * DV + c_tile).to(tl.float32)
+        n = tl.load(n0_ptr + bh * DQK + offs_k).to(tl.float32)
+        m = tl.load(m0_ptr + bh).to(tl.float32)
+    else:
+        C = tl.zeros((BK, BV), dtype=tl.float32)
+        n = tl.zeros((BK,), dtype=tl.float32)
+        m = tl.full((), 0.0, tl.float32)
+    for c in range(NC):
+        # the state at the start of chunk c
+        tl.store(Cs_ptr + (bh * NC + c) * DQK * DV + c_tile, C.to(Cs_ptr.dtype.element_ty))
+        if pv == 0:
+            tl.store(ns_ptr + (bh * NC + c) * DQK + offs_k, n)
+        if (pk == 0) & (pv == 0):
+            tl.store(ms_ptr + bh * (NC + 1) + c, m)
+        t = c * L + offs_t
+        mask_t = t < S
+        lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
+        ig = tl.load(ig_ptr + bh * S + t, mask=mask_t, other=float("-inf"))
+        b = tl.cumsum(lf, axis=0)
+        g = tl.sum(lf, axis=0)
+        a = g - b + ig  # log weight of token j in the state at the chunk's end
+        m_next = tl.maximum(g + m, tl.max(a, axis=0))
+        w = tl.exp(a - m_next)
+        decay = tl.exp(g + m - m_next)
+        kc = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        vc = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+        kw = kc.to(tl.float32) * w[:, None]
+        C = decay * C + tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
+        n = decay * n + tl.sum(kw, axis=0)
+        m = m_next
+    tl.store(Cf_ptr + bh * DQK * DV + c_tile, C)
+    if pv == 0:
+        tl.store(nf_ptr + bh * DQK + offs_k, n)
+    if (pk == 0) & (pv == 0):
+        tl.store(ms_ptr + bh * (NC + 1) + NC, m)
+
+
+@triton.jit
+def _fwd_output_kernel(
+    q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr,
+    Cs_ptr, ns_ptr, ms_ptr,
+    h_ptr, mpos_ptr, den_ptr,
+    S, NC, scale, eps,
+    L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    c = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_t = tl.arange(0, L)
+    t = c * L + offs_t
+    mask_t = t < S
+    lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
+    ig = tl.load(ig_ptr + bh * S + t, mask=mask_t, other=float("-inf"))
+    b = tl.cumsum(lf, axis=0)
+    m_k = tl.load(ms_ptr + bh * (NC + 1) + c)
+    state_base = (bh * NC + c) * DQK
+
+    # scores q k^T and q . n_k, reduced over DQK tiles
+    scores = tl.zeros((L, L), dtype=tl.float32)
+    qn = tl.zeros((L,), dtype=tl.float32)
+    for kt in range(DQK // BK):
+        offs_k = kt * BK + tl.arange(0, BK)
+        qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        kk = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        scores += tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
+        nk = tl.load(ns_ptr + state_base + offs_k)
+        qn += tl.sum(qt.to(tl.float32) * nk[None, :], axis=1)
+    scores = scores * scale
+    qn = qn * scale
+
+    # decay matrix and the running stabilizer (equal to the step form's m_t)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
+    m_inter = b + m_k
+    m_pos = tl.maximum(m_inter, tl.max(log_d, axis=1))
+    p = scores * tl.exp(log_d - m_pos[:, None])
+    alpha = tl.exp(m_inter - m_pos)
+    den = tl.sum(p, axis=1) + alpha * qn
+    norm = tl.maximum(tl.abs(den), tl.exp(-m_pos)) + eps
+    tl.store(mpos_ptr + bh * S + t, m_pos, mask=mask_t)
+    tl.store(den_ptr + bh * S + t, den, mask=mask_t)
+
+    p = p.to(v_ptr.dtype.element_ty)
+    inter_scale = alpha * scale
+    for vt in range(DV // BV):
+        offs_v = vt * BV + tl.arange(0, BV)
+        vv = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+        acc = tl.dot(p, vv, input_precision=DOT_PREC)
+        qc = tl.zeros((L, BV), dtype=tl.float32)
+        for kt in range(DQK // BK):
+            offs_k = kt * BK + tl.arange(0, BK)
+            qt = tl.load(
+                q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0
+            )
+            ct = tl.load(Cs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
+            qc += tl.dot(qt, ct, input_precision=DOT_PREC)
+        acc += inter_scale[:, None] * qc
+        h = acc / norm[:, None]
+        tl.store(
+            h_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :],
+            h.to(h_ptr.dtype.element_ty),
+            mask=mask_t[:, None],
+        )
+
+
+def pick_blocks(dqk: int, dv: int, config: ChunkwiseConfig) -> tuple[int, int]:
+    """(BK, BV): configured tiles, or the largest of 64/32/16 dividing DQK / DV."""
+    from ..common import pick_block
+
+    bk = config.block_k or pick_block(dqk)
+    bv = config.block_v or pick_block(dv)
+    if dqk % bk or dv % bv:
+        raise ValueError(f"tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
+    return bk, bv
+
+
+def chunk_states_fwd(
+    k: Tensor, v: Tensor, lf: Tensor, ig: Tensor, init: tuple[Tensor, Tensor, Tensor] | None,
+    chunk_size: int, config: ChunkwiseConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Level 1. k (BH,S,DQK), v (BH,S,DV), lf/ig (BH,S) fp32, init (C0,n0,m0) fp32 or None.
+
+    Returns Cs (BH,NC,DQK,DV) in k's dtype, ns (BH,NC,DQK), ms (BH,NC+1), final C (BH,DQK,DV) and
+    final n (BH,DQK) in float32 (the final m is ms[:, NC]).
+    """
+    from ..common import dot_precision
+
+    BH, S, DQK = k.shape
+    DV = v.shape[-1]
+    NC = triton.cdiv(S, chunk_size)
+    BK, BV = pick_blocks(DQK, DV, config)
+    dev = k.device
+    Cs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=k.dtype)
+    ns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
+    ms = torch.empty(BH, NC + 1, device=dev, dtype=torch.float32)
+    Cf = torch.empty(BH, DQK, DV, device=dev, dtype=torch.float32)
+    nf = torch.empty(BH, DQK, device=dev, dtype=torch.float32)
+    C0, n0, m0 = init if init is not None else (Cf, nf, ms)  # unused pointers when HAS_INIT is off
+    grid = (DQK // BK, DV // BV, BH)
+    _fwd_states_kernel[grid](
+        k, v, lf, ig, C0, n0, m0, Cs, ns, ms, Cf, nf, S, NC,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INIT=init is not None,
+        DOT_PREC=dot_precision(k.dtype), num_warps=config.num_warps_states, num_stages=config.num_stages,
+    )  # fmt: skip
+    return Cs, ns, ms, Cf, nf
+
+
+def chunk_output_fwd(
+    q: Tensor, k: Tensor, v: Tensor, lf: Tensor, ig: Tensor, Cs: Tensor, ns: Tensor, ms: Tensor,
+    chunk_size: int, eps: float, config: ChunkwiseConfig,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Level 2. Returns h (BH,S,DV) in q's dtype, m and den per position (BH,S) float32."""
+    from ..common import dot_precision
+
+    BH, S, DQK = q.shape
+    DV = v.shape[-1]
+    NC = Cs.shape[1]
+    BK, BV = pick_blocks(DQK, DV, config)
+    h = torch.empty(BH, S, DV, device=q.device, dtype=q.dtype)
+    m_pos = torch.empty(BH, S, device=q.device, dtype=torch.float32)
+    den = torch.empty(BH, S, device=q.device, dtype=torch.float32)
+    _fwd_output_kernel[(NC, BH)](
+        q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
+        num_warps=config.num_warps_output, num_stages=config.num_stages,
+    )  # fmt: skip
+    return h, m_pos, den

@@ -1,0 +1,135 @@
+"""Chunkwise mLSTM Triton kernels (Triton's CPU interpreter, float32) against float64 references:
+outputs, final state and every gradient (inputs and initial state), odd S, two chunk sizes, tiles.
+
+Run through test_interpreter.py (a subprocess with TRITON_INTERPRET=1), or directly:
+    TRITON_INTERPRET=1 pytest tests/kernels/interp_mlstm_chunkwise.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from xlstm_edge.kernels.common import interpreter_on
+
+from tests.conftest import rel_err
+from xlstm_edge.mlstm import mlstm_chunkwise, mlstm_recurrent
+
+if not interpreter_on():
+    pytest.skip("needs TRITON_INTERPRET=1 (see test_interpreter.py)", allow_module_level=True)
+
+from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton  # noqa: E402
+
+TOL = 1e-4
+NAMES = ("q", "k", "v", "i", "f", "C0", "n0", "m0")
+
+
+def make_inputs(B, NH, S, DQK, DV, i_scale=1.0, i_shift=0.0, qk_mean=0.0):
+    q = torch.randn(B, NH, S, DQK) + qk_mean
+    k = torch.randn(B, NH, S, DQK) + qk_mean
+    v = torch.randn(B, NH, S, DV)
+    i = torch.randn(B, NH, S) * i_scale + i_shift
+    f = torch.randn(B, NH, S) + 3
+    return q, k, v, i, f
+
+
+def make_state(B, NH, DQK, DV):
+    return torch.randn(B, NH, DQK, DV), torch.randn(B, NH, DQK), torch.randn(B, NH)
+
+
+def compare(op, inputs, state, chunk_size, return_state, config=None, reference=mlstm_recurrent):
+    """Run the kernel (float32) and the reference (float64) with the same output gradients.
+
+    Returns {name: rel err} for h, the final state (when returned) and every input's gradient.
+    """
+    leaves = [t.clone().requires_grad_() for t in inputs + (state or ())]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    n_in = len(inputs)
+    st = tuple(leaves[n_in:]) or None
+    st64 = tuple(leaves64[n_in:]) or None
+    h, final = op(*leaves[:n_in], state=st, chunk_size=chunk_size, return_state=return_state, config=config)
+    h64, final64 = reference(*leaves64[:n_in], state=st64)
+    outs, outs64 = [h], [h64]
+    if return_state:
+        assert final is not None and all(t.dtype == torch.float32 for t in final)
+        outs += list(final)
+        outs64 += list(final64)
+    else:
+        assert final is None
+    grads = [torch.randn_like(o) for o in outs64]
+    torch.autograd.backward(outs, [g.float() for g in grads])
+    torch.autograd.backward(outs64, grads)
+    errs = {name: rel_err(a, b) for name, a, b in zip(("h", "C", "n", "m"), outs, outs64, strict=False)}
+    errs.update(
+        {f"d{name}": rel_err(a.grad, b.grad) for name, a, b in zip(NAMES, leaves, leaves64, strict=False)}
+    )
+    return errs
+
+
+@pytest.mark.parametrize(
+    "S,chunk_size,with_state,return_state,tiles",
+    [
+        (37, 16, False, True, (0, 0)),  # odd S: a padded last chunk
+        (37, 32, True, True, (16, 16)),  # second chunk size, initial state, DQK and DV tiled by 16
+        (20, 16, True, False, (0, 0)),  # no final-state gradients
+        (1, 16, True, True, (0, 0)),  # a single token
+    ],
+)
+def test_matches_float64(seed, S, chunk_size, with_state, return_state, tiles):
+    B, NH, DQK, DV = 2, 2, 32, 48
+    config = ChunkwiseConfig(block_k=tiles[0], block_v=tiles[1])
+    state = make_state(B, NH, DQK, DV) if with_state else None
+    errs = compare(
+        mlstm_chunkwise_triton,
+        make_inputs(B, NH, S, DQK, DV),
+        state,
+        chunk_size,
+        return_state,
+        config,
+    )
+    bad = {k: v for k, v in errs.items() if not v <= TOL}
+    assert not bad, (seed, bad)
+
+
+def test_large_input_gates(seed):
+    """Input gates near the soft cap: the stabilizer's eps path carries real gradient here.
+    q, k share a mean so that q.n stays away from 0 (a well-conditioned normaliser)."""
+    B, NH, S, DQK, DV = 1, 2, 40, 16, 32
+    inputs = make_inputs(B, NH, S, DQK, DV, i_scale=3.0, i_shift=10.0, qk_mean=1.0)
+    errs = compare(
+        mlstm_chunkwise_triton,
+        inputs,
+        make_state(B, NH, DQK, DV),
+        16,
+        True,
+        reference=lambda *a, state: mlstm_chunkwise(*a, state=state, chunk_size=8),
+    )
+    bad = {k: v for k, v in errs.items() if not v <= TOL}
+    assert not bad, (seed, bad)
+
+
+def test_carried_state_equals_one_pass(seed):
+    B, NH, S, DQK, DV = 1, 2, 45, 16, 16
+    op = mlstm_chunkwise_triton
+    x = make_inputs(B, NH, S, DQK, DV)
+    with torch.no_grad():
+        h_full, st_full = op(*x, chunk_size=16, return_state=True)
+        h1, st1 = op(*(t[:, :, :19] for t in x), chunk_size=16, return_state=True)
+        h2, st2 = op(*(t[:, :, 19:] for t in x), state=st1, chunk_size=16, return_state=True)
+    assert rel_err(torch.cat([h1, h2], 2), h_full) <= 1e-5, seed
+    for a, b in zip(st2, st_full, strict=True):
+        assert rel_err(a, b) <= 1e-5, seed
+
+
+def test_bad_inputs_raise_one_clear_error():
+    op = mlstm_chunkwise_triton
+    q, k, v, i, f = make_inputs(1, 1, 8, 16, 16)
+    with pytest.raises(ValueError, match="chunk_size must be a power of two"):
+        op(q, k, v, i, f, chunk_size=24)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        op(q[..., :12], k[..., :12], v, i, f)
+    with pytest.raises(ValueError, match="share one dtype"):
+        op(q, k.double(), v, i, f)
+    with pytest.raises(ValueError, match="state C has shape"):
+        op(q, k, v, i, f, state=make_state(1, 1, 16, 32))
+    with pytest.raises(ValueError, match=r"i has shape"):
+        op(q, k, v, i[..., :4], f)
