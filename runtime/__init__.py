@@ -1,1 +1,42 @@
-"""xlstm_edge.runtime"""
+"""Streaming runtime: load an exported package (onnxruntime / executorch) or the eager model (torch),
+prefill, step, stream text, sample, and keep the conversation state as an object.
+
+    from xlstm_edge.runtime import load, SamplingConfig
+    sess = load("pkg/")
+    for piece in sess.stream("Hello", max_new_tokens=64, sampling=SamplingConfig(temperature=0.8, seed=0)):
+        print(piece, end="")
+"""
+
+from .errors import (
+    BackendNotInstalledError,
+    EmptyPromptError,
+    GenerationArgumentError,
+    PackageError,
+    RuntimeInputError,
+    StateMismatchError,
+    TokenRangeError,
+    UnknownBackendError,
+)
+from .generate import GenerationStats
+from .sampling import Sampler, SamplingConfig
+from .session import BACKENDS, Session, load
+from .state import RecurrentState, StateLayout
+
+__all__ = [
+    "BACKENDS",
+    "BackendNotInstalledError",
+    "EmptyPromptError",
+    "GenerationArgumentError",
+    "GenerationStats",
+    "PackageError",
+    "RecurrentState",
+    "RuntimeInputError",
+    "Sampler",
+    "SamplingConfig",
+    "Session",
+    "StateLayout",
+    "StateMismatchError",
+    "TokenRangeError",
+    "UnknownBackendError",
+    "load",
+]

@@ -1,0 +1,69 @@
+"""What every backend provides: a model that eats tokens and keeps its recurrent state in its own buffers.
+
+A backend owns the state buffers (so it can reuse them from step to step: memory stays flat) and
+exposes them through ``read_state`` / ``write_state``. ``prefill`` and ``step`` return the logits
+of the last position, (B, V) float32, as a view into a buffer that the next call may overwrite:
+clone it to keep it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from ..errors import BackendNotInstalledError
+from ..state import StateLayout
+
+
+def require_module(module: str, pip_name: str, backend: str) -> None:
+    """Raise ``BackendNotInstalledError`` naming the pip package when ``module`` cannot be imported."""
+    if importlib.util.find_spec(module) is None:
+        raise BackendNotInstalledError(
+            f"backend {backend!r} needs the Python package {pip_name!r}, which is not installed: "
+            f"pip install {pip_name}"
+        )
+
+
+class Backend(ABC):
+    """A loaded model. Subclasses set ``config``, ``layout``, ``num_threads`` and ``source``."""
+
+    name: ClassVar[str]
+    config: Any  # xLSTMConfig
+    layout: StateLayout
+    num_threads: int
+    source: str  # what was loaded (a path, or "<model object>")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layout.vocab_size
+
+    @property
+    @abstractmethod
+    def batch_size(self) -> int:
+        """Rows of the state held now."""
+
+    @abstractmethod
+    def reset(self, batch_size: int) -> None:
+        """Zero the state for ``batch_size`` rows (reallocating only when the batch size changes)."""
+
+    @abstractmethod
+    def read_state(self) -> list[Tensor]:
+        """A copy of the state tensors, layout order, (B, *shape) float32."""
+
+    @abstractmethod
+    def write_state(self, tensors: list[Tensor]) -> None:
+        """Copy ``tensors`` (checked against the layout) into the state buffers; sets the batch size."""
+
+    @abstractmethod
+    def prefill(self, input_ids: Tensor) -> Tensor:
+        """Feed (B, T) int64 tokens (T >= 1) after the current state; return the last logits (B, V)."""
+
+    @abstractmethod
+    def step(self, input_ids: Tensor) -> Tensor:
+        """Feed (B, 1) int64 tokens; return logits (B, V)."""
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.num_threads} threads) {self.source}"

@@ -1,0 +1,137 @@
+"""ExecuTorch backend: the package's ``.pte`` methods ``step`` and ``prefill`` through the Python runtime.
+
+A method's outputs alias memory the program plans and overwrites on its next call, so the runtime
+copies ``present.*`` into its own state buffers (one set, reused every call) before feeding them
+back as ``past.*``: memory stays flat. Threads: ExecuTorch's threadpool ignores
+``torch.set_num_threads``; ``_unsafe_reset_threadpool`` sets it (process-wide).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import PackageError
+from .base import Backend, require_module
+from .package import check_graph_io, manifest_config_and_layout
+
+_ET_TYPES = {"float32": "torch.float32", "int64": "torch.int64", "int32": "torch.int32"}
+
+
+def _dtype_name(dtype: Any) -> str:
+    """ExecuTorch's ScalarType as a torch dtype string ("torch.float32")."""
+    name = str(dtype).split(".")[-1].lower()  # ScalarType.FLOAT -> "float"
+    return {"float": "torch.float32", "long": "torch.int64", "int": "torch.int32"}.get(name, name)
+
+
+class ExecuTorchBackend(Backend):
+    """``executorch.runtime`` methods with explicit state I/O (the package contract's positional order)."""
+
+    name = "executorch"
+
+    def __init__(self, package_dir: Path, manifest: Any, num_threads: int):
+        require_module("executorch", "executorch", self.name)
+        from executorch.extension.pybindings import portable_lib
+        from executorch.runtime import Runtime
+
+        if manifest.quantization and importlib.util.find_spec("executorch.kernels.quantized") is not None:
+            importlib.import_module("executorch.kernels.quantized")  # registers the quantized kernels
+        self.manifest = manifest
+        self.source = str(package_dir)
+        self.num_threads = num_threads
+        self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
+        portable_lib._unsafe_reset_threadpool(num_threads)
+        runtime = Runtime.get()
+        programs: dict[str, Any] = {}
+        self._methods: dict[str, Any] = {}
+        self._max_batch: dict[str, int] = {}
+        for method in ("step", "prefill"):
+            entry = manifest.graph(method)
+            path = package_dir / entry.file
+            try:
+                if entry.file not in programs:
+                    programs[entry.file] = runtime.load_program(path)
+                program = programs[entry.file]
+                if entry.method not in program.method_names:
+                    raise PackageError(f"{path} has no method {entry.method!r} (has {sorted(program.method_names)})")
+                loaded = program.load_method(entry.method)
+            except RuntimeError as e:  # the runtime's load errors ("Failed to load program, error: 0x..")
+                raise PackageError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+            meta = loaded.metadata
+            got_in = [self._io(meta.input_tensor_meta(i), entry.inputs, i) for i in range(meta.num_inputs())]
+            got_out = [self._io(meta.output_tensor_meta(i), entry.outputs, i) for i in range(meta.num_outputs())]
+            check_graph_io(path, entry, got_in, got_out, _ET_TYPES, ordered=True)
+            self._methods[method] = loaded
+            self._max_batch[method] = int(meta.input_tensor_meta(0).sizes()[0])
+        prefill = manifest.graph("prefill")
+        self.prefill_tokens = prefill.tokens_per_call
+        self._has_valid_length = prefill.valid_length_input is not None
+        self._state = self.layout.zeros(1)
+
+    @staticmethod
+    def _io(info: Any, listed: list[Any], pos: int) -> tuple[str, list[Any], str]:
+        """(name, sizes, dtype) of one positional tensor; the name is the manifest's (.pte I/O is unnamed).
+
+        A dynamic batch dim shows as its upper bound, so it is reported as dynamic (None) here.
+        """
+        name = listed[pos].name if pos < len(listed) else f"#{pos}"
+        sizes: list[Any] = list(info.sizes())
+        if pos < len(listed) and listed[pos].shape and not isinstance(listed[pos].shape[0], int) and sizes:
+            sizes[0] = None
+        return name, sizes, _dtype_name(info.dtype())
+
+    # ---- Backend API -----------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self._state[0].shape[0]
+
+    def reset(self, batch_size: int) -> None:
+        if batch_size == self.batch_size:
+            for t in self._state:
+                t.zero_()
+        else:
+            self._state = self.layout.zeros(batch_size)
+
+    def read_state(self) -> list[Tensor]:
+        return [t.clone() for t in self._state]
+
+    def write_state(self, tensors: list[Tensor]) -> None:
+        batch = self.layout.check(tensors, "state")
+        if batch != self.batch_size:
+            self._state = self.layout.zeros(batch)
+        for buf, t in zip(self._state, tensors, strict=True):
+            buf.copy_(t)
+
+    def _call(self, method: str, inputs: list[Tensor]) -> Tensor:
+        if self.batch_size > self._max_batch[method]:
+            raise PackageError(f"{self.source}: the {method!r} method takes at most batch "
+                               f"{self._max_batch[method]}, got {self.batch_size}")
+        outs = self._methods[method].execute([*inputs, *self._state])
+        for buf, out in zip(self._state, outs[1:], strict=True):
+            buf.copy_(out)  # outputs alias planned memory: copy before the next call
+        return outs[0]
+
+    def step(self, input_ids: Tensor) -> Tensor:
+        return self._call("step", [input_ids.contiguous()])
+
+    def prefill(self, input_ids: Tensor) -> Tensor:
+        """Chunks of T tokens (the last one padded, with its valid length); a lone token via ``step``."""
+        T, B = self.prefill_tokens, input_ids.shape[0]
+        logits = None
+        for start in range(0, input_ids.shape[1], T):
+            piece = input_ids[:, start:start + T]
+            n = piece.shape[1]
+            if n == 1:
+                logits = self.step(piece)
+                continue
+            ids = torch.zeros(B, T, dtype=torch.int64)
+            ids[:, :n] = piece
+            extra = [torch.full((B,), n, dtype=torch.int64)] if self._has_valid_length else []
+            logits = self._call("prefill", [ids, *extra])
+        assert logits is not None  # T >= 1 is checked by the session
+        return logits

@@ -1,0 +1,140 @@
+"""ONNX Runtime backend: the package's ``step`` and ``prefill`` graphs with IOBinding.
+
+The state lives in two sets of buffers (A and B, torch tensors whose memory ``OrtValue``s wrap): a
+call reads ``past.*`` from one set and writes ``present.*`` into the other, then the roles swap.
+Input ids, valid length and logits have fixed buffers too, and the four bindings (step / prefill,
+A->B / B->A) are built once per batch size: a step allocates nothing, memory stays flat.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import PackageError
+from .base import Backend, require_module
+from .package import check_graph_io, manifest_config_and_layout
+
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
+
+
+class OrtBackend(Backend):
+    """onnxruntime ``InferenceSession``s on the CPU execution provider."""
+
+    name = "onnxruntime"
+
+    def __init__(self, package_dir: Path, manifest: Any, num_threads: int):
+        require_module("onnxruntime", "onnxruntime", self.name)
+        import onnxruntime as ort
+
+        self.manifest = manifest
+        self.source = str(package_dir)
+        self.num_threads = num_threads
+        self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+        load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
+                       ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented,
+                       ort_errors.RuntimeException)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = num_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self._ort = ort
+        self._sessions: dict[str, Any] = {}
+        for method in ("step", "prefill"):
+            entry = manifest.graph(method)
+            path = package_dir / entry.file
+            try:
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            except load_errors as e:
+                raise PackageError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+            got_in = [(i.name, i.shape, i.type) for i in sess.get_inputs()]
+            got_out = [(o.name, o.shape, o.type) for o in sess.get_outputs()]
+            check_graph_io(path, entry, got_in, got_out, _ORT_TYPES, ordered=False)
+            self._sessions[method] = sess
+        prefill = manifest.graph("prefill")
+        self.prefill_tokens = prefill.tokens_per_call
+        self.valid_length_input = prefill.valid_length_input
+        self._pad_id = 0
+        self._alloc(1)
+
+    # ---- buffers and bindings --------------------------------------------------------------------
+    def _ov(self, t: Tensor) -> Any:
+        """An OrtValue over the memory of ``t`` (no copy; ``t`` must outlive it)."""
+        return self._ort.OrtValue.ortvalue_from_numpy(t.numpy())
+
+    def _alloc(self, batch: int) -> None:
+        B, T, V = batch, self.prefill_tokens, self.vocab_size
+        self._bufs = [self.layout.zeros(B), self.layout.zeros(B)]
+        self._cur = 0  # self._bufs[self._cur] holds the state now
+        self._step_ids = torch.zeros(B, 1, dtype=torch.int64)
+        self._prefill_ids = torch.zeros(B, T, dtype=torch.int64)
+        self._valid = torch.zeros(B, dtype=torch.int64)
+        self._logits = torch.zeros(B, V, dtype=torch.float32)
+        state_ovs = [[self._ov(t) for t in bufs] for bufs in self._bufs]
+        ids_ov = {"step": self._ov(self._step_ids), "prefill": self._ov(self._prefill_ids)}
+        valid_ov, logits_ov = self._ov(self._valid), self._ov(self._logits)
+        self._keep = (state_ovs, ids_ov, valid_ov, logits_ov)  # the OrtValues must stay alive
+        self._bindings: dict[tuple[str, int], Any] = {}
+        for method, sess in self._sessions.items():
+            for src in (0, 1):
+                io = sess.io_binding()
+                io.bind_ortvalue_input("input_ids", ids_ov[method])
+                if method == "prefill" and self.valid_length_input:
+                    io.bind_ortvalue_input(self.valid_length_input, valid_ov)
+                for spec, ov in zip(self.layout.tensors, state_ovs[src], strict=True):
+                    io.bind_ortvalue_input(spec.input_name, ov)
+                io.bind_ortvalue_output("logits", logits_ov)
+                for spec, ov in zip(self.layout.tensors, state_ovs[1 - src], strict=True):
+                    io.bind_ortvalue_output(spec.output_name, ov)
+                self._bindings[(method, src)] = io
+
+    def _run(self, method: str) -> Tensor:
+        self._sessions[method].run_with_iobinding(self._bindings[(method, self._cur)])
+        self._cur = 1 - self._cur
+        return self._logits
+
+    # ---- Backend API -----------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self._step_ids.shape[0]
+
+    def reset(self, batch_size: int) -> None:
+        if batch_size != self.batch_size:
+            self._alloc(batch_size)
+        for t in self._bufs[self._cur]:
+            t.zero_()
+
+    def read_state(self) -> list[Tensor]:
+        return [t.clone() for t in self._bufs[self._cur]]
+
+    def write_state(self, tensors: list[Tensor]) -> None:
+        batch = self.layout.check(tensors, "state")
+        if batch != self.batch_size:
+            self._alloc(batch)
+        for buf, t in zip(self._bufs[self._cur], tensors, strict=True):
+            buf.copy_(t)
+
+    def step(self, input_ids: Tensor) -> Tensor:
+        self._step_ids.copy_(input_ids)
+        return self._run("step")
+
+    def prefill(self, input_ids: Tensor) -> Tensor:
+        """Whole chunks of T tokens through the prefill graph; a last lone token through the step graph."""
+        T = self.prefill_tokens
+        logits = self._logits
+        for start in range(0, input_ids.shape[1], T):
+            piece = input_ids[:, start:start + T]
+            n = piece.shape[1]
+            if n == 1:
+                logits = self.step(piece)
+                continue
+            self._prefill_ids[:, :n].copy_(piece)
+            self._prefill_ids[:, n:].fill_(self._pad_id)
+            self._valid.fill_(n)
+            logits = self._run("prefill")
+        return logits

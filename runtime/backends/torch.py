@@ -1,0 +1,93 @@
+"""The eager PyTorch model as a backend: the reference the exported backends are checked against.
+
+It runs a model object, or one loaded from a checkpoint directory with
+``xlstm_edge.checkpoint.load_checkpoint`` (an exported package holds no eager weights, so it
+cannot feed this backend). Prefill uses the chunkwise form, steps the one-step form.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import PackageError
+from ..state import StateLayout
+from .base import Backend
+
+# longest slice of a prompt given to the chunkwise form at once (bounds prefill memory)
+PREFILL_SLICE = 512
+
+
+class TorchBackend(Backend):
+    """``xLSTMForCausalLM`` in eval mode, float32 state; ``num_threads`` sets torch's (global) threads."""
+
+    name = "torch"
+
+    def __init__(self, model: nn.Module, num_threads: int, source: str = "<model object>"):
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "block_types"):
+            raise PackageError(f"the torch backend needs an xLSTMForCausalLM, got {type(model).__name__}")
+        self.model = model.eval()
+        self.config = config
+        self.source = source
+        self.layout = StateLayout.from_config(config, model_name=source)
+        self.num_threads = num_threads
+        torch.set_num_threads(num_threads)
+        self._state = self.layout.zeros(1)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, num_threads: int) -> TorchBackend:
+        from xlstm_edge.checkpoint import load_checkpoint
+
+        path = Path(path)
+        return cls(load_checkpoint(path, dtype=torch.float32), num_threads, source=str(path))
+
+    @property
+    def batch_size(self) -> int:
+        return self._state[0].shape[0]
+
+    def reset(self, batch_size: int) -> None:
+        if batch_size == self.batch_size:
+            for t in self._state:
+                t.zero_()
+        else:
+            self._state = self.layout.zeros(batch_size)
+
+    def read_state(self) -> list[Tensor]:
+        return [t.clone() for t in self._state]
+
+    def write_state(self, tensors: list[Tensor]) -> None:
+        batch = self.layout.check(tensors, "state")
+        if batch != self.batch_size:
+            self._state = self.layout.zeros(batch)
+        for buf, t in zip(self._state, tensors, strict=True):
+            buf.copy_(t)
+
+    def _layers(self) -> list[dict[str, Tensor]]:
+        layers: list[dict[str, Tensor]] = [{} for _ in range(self.config.num_hidden_layers)]
+        for spec, t in zip(self.layout.tensors, self._state, strict=True):
+            layers[spec.layer][spec.name] = t
+        return layers
+
+    def _store(self, new_layers: list[dict[str, Tensor]]) -> None:
+        for spec, buf in zip(self.layout.tensors, self._state, strict=True):
+            buf.copy_(new_layers[spec.layer][spec.name])
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: Tensor) -> Tensor:
+        logits = None
+        for start in range(0, input_ids.shape[1], PREFILL_SLICE):
+            piece = input_ids[:, start:start + PREFILL_SLICE]
+            logits, new = self.model(piece, state=self._layers(), form="chunkwise", last_only=True)
+            self._store(new)
+        assert logits is not None  # T >= 1 is checked by the session
+        return logits[:, -1].float()
+
+    @torch.inference_mode()
+    def step(self, input_ids: Tensor) -> Tensor:
+        logits, new = self.model(input_ids, state=self._layers())
+        self._store(new)
+        return logits[:, -1].float()

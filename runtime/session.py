@@ -1,0 +1,431 @@
+"""One API over the backends: ``load`` a package (or a checkpoint / model for ``torch``), then
+``prefill`` / ``step`` / ``stream`` / ``generate``, with the conversation state as an object.
+
+    sess = load("pkg/")                                   # backend from the manifest
+    for piece in sess.stream("Once upon a time", max_new_tokens=64, sampling=SamplingConfig(temperature=0.8)):
+        print(piece, end="", flush=True)
+    sess.save_state("chat.safetensors")                   # resume later, even on another backend
+
+A ``Session`` holds a conversation: each call continues from where the previous one stopped;
+``reset()`` starts over. Token ids are checked against the vocab before they reach a graph.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .backends.base import Backend
+from .errors import (
+    EmptyPromptError,
+    GenerationArgumentError,
+    PackageError,
+    TokenRangeError,
+    UnknownBackendError,
+)
+from .sampling import SamplingConfig
+from .state import RecurrentState, StateLayout
+
+BACKENDS = ("onnxruntime", "executorch", "torch")
+TokenInput = Sequence[int] | Sequence[Sequence[int]] | Tensor
+
+
+def default_threads() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---- loading ------------------------------------------------------------------------------------
+def load(
+    source: str | os.PathLike | nn.Module,
+    backend: str | None = None,
+    *,
+    tokenizer: Any | None = None,
+    num_threads: int | None = None,
+) -> Session:
+    """Open a model for streaming.
+
+    source       an exported package directory (``xlstm_edge.json`` inside; backend from its manifest),
+                 a checkpoint directory (``config.json`` + safetensors; torch backend), or an
+                 ``xLSTMForCausalLM`` object (torch backend)
+    backend      "onnxruntime" | "executorch" | "torch", or None to take it from the source
+    tokenizer    a ``xlstm_edge.tokenizer.Tokenizer``; None reads the package's / checkpoint's (a model
+                 object with a byte-level config gets the byte tokenizer)
+    num_threads  intra-op threads of the backend (default: the cores this process may use)
+    """
+    if backend is not None and backend not in BACKENDS:
+        raise UnknownBackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    threads = default_threads() if num_threads is None else int(num_threads)
+    if threads < 1:
+        raise GenerationArgumentError(f"num_threads must be >= 1, got {num_threads}")
+    if isinstance(source, nn.Module):
+        if backend not in (None, "torch"):
+            raise PackageError(f"a model object runs on the torch backend only, not {backend!r}: export it first")
+        from .backends.torch import TorchBackend
+
+        impl: Backend = TorchBackend(source, threads)
+        return Session(impl, tokenizer if tokenizer is not None else _model_tokenizer(impl.config))
+
+    path = Path(source)
+    if not path.exists():
+        raise PackageError(f"{path} does not exist")
+    if not path.is_dir():
+        raise PackageError(f"{path} is not a directory (expected an exported package or a checkpoint directory)")
+    from xlstm_edge.export.metadata import MANIFEST_NAME
+
+    if (path / MANIFEST_NAME).is_file():
+        impl = _open_package(path, backend, threads)
+        if tokenizer is None:
+            from xlstm_edge.tokenizer import TokenizerError, load_tokenizer
+
+            manifest = impl.manifest  # type: ignore[attr-defined]
+            try:
+                tokenizer = load_tokenizer(path / manifest.tokenizer.file, config=impl.config)
+            except TokenizerError as e:
+                raise PackageError(f"package {path}: {e}") from None
+        return Session(impl, tokenizer)
+
+    if (path / "config.json").is_file():
+        if backend not in (None, "torch"):
+            raise PackageError(
+                f"{path} is a checkpoint, not an exported package: export it for {backend} first "
+                f"(or use backend 'torch')"
+            )
+        from xlstm_edge.checkpoint import CheckpointError
+
+        from .backends.torch import TorchBackend
+
+        try:
+            impl = TorchBackend.from_checkpoint(path, threads)
+        except CheckpointError as e:
+            raise PackageError(str(e)) from None
+        if tokenizer is None:
+            from xlstm_edge.tokenizer import TokenizerError, load_tokenizer
+
+            try:
+                tokenizer = load_tokenizer(path, config=impl.config)
+            except TokenizerError as e:
+                raise PackageError(f"checkpoint {path}: {e}") from None
+        return Session(impl, tokenizer)
+    raise PackageError(f"{path} is neither an exported package (no {MANIFEST_NAME}) nor a checkpoint (no config.json)")
+
+
+def _open_package(path: Path, backend: str | None, threads: int) -> Backend:
+    from xlstm_edge.export.metadata import ManifestError, read_manifest
+
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as e:
+        raise PackageError(str(e)) from None
+    if backend == "torch":
+        raise PackageError(
+            f"{path} is an exported {manifest.backend} package, which holds no eager weights: "
+            f"the torch backend needs a checkpoint directory or a model object"
+        )
+    if backend is not None and backend != manifest.backend:
+        raise PackageError(f"{path} was exported for {manifest.backend}, not {backend}")
+    if manifest.backend == "onnxruntime":
+        from .backends.ort import OrtBackend
+
+        return OrtBackend(path, manifest, threads)
+    from .backends.executorch import ExecuTorchBackend
+
+    return ExecuTorchBackend(path, manifest, threads)
+
+
+def _model_tokenizer(config: Any) -> Any:
+    from xlstm_edge.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    if config.bos_token_id != tok.bos_token_id or config.vocab_size < tok.vocab_size:
+        raise PackageError("this model object is not byte-level: pass its tokenizer (load(model, tokenizer=...))")
+    return tok
+
+
+# ---- the session --------------------------------------------------------------------------------
+class Session:
+    """A model on one backend + its tokenizer + one conversation state (``batch_size`` rows)."""
+
+    def __init__(self, backend: Backend, tokenizer: Any):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.layout: StateLayout = backend.layout
+        self.last_stats = None  # GenerationStats of the last stream / generate call
+        self._reset_bookkeeping(backend.batch_size)
+
+    # ---- facts ---------------------------------------------------------------------------------
+    @property
+    def config(self) -> Any:
+        return self.backend.config
+
+    @property
+    def vocab_size(self) -> int:
+        return self.layout.vocab_size
+
+    @property
+    def batch_size(self) -> int:
+        return self.backend.batch_size
+
+    @property
+    def state_bytes(self) -> int:
+        """Bytes of the recurrent state now held (all rows); constant in the context length."""
+        return self.layout.bytes_per_row * self.batch_size
+
+    @property
+    def is_fresh(self) -> bool:
+        """True when no token has been fed and none is pending."""
+        return self._pending is None and not bool(self._num_tokens.any())
+
+    @property
+    def logits(self) -> Tensor | None:
+        """Logits for the next token (B, V), or None when a token is pending (fed on the next call)."""
+        return self._logits
+
+    @property
+    def recent_tokens(self) -> Tensor:
+        """(B, RECENT_WINDOW) int64, -1 = empty: the recent tokens the repetition penalty sees."""
+        return self._recent
+
+    def __repr__(self) -> str:
+        return f"Session({self.backend.describe()}, batch {self.batch_size}, vocab {self.vocab_size})"
+
+    # ---- state ---------------------------------------------------------------------------------
+    def _reset_bookkeeping(self, batch_size: int) -> None:
+        fresh = RecurrentState.fresh(self.layout, batch_size)
+        self._logits: Tensor | None = None
+        self._pending: Tensor | None = None
+        self._recent = fresh.recent
+        self._num_tokens = fresh.num_tokens
+
+    def reset(self, batch_size: int = 1) -> None:
+        """Forget the conversation: zero state for ``batch_size`` rows."""
+        if batch_size < 1:
+            raise GenerationArgumentError(f"batch_size must be >= 1, got {batch_size}")
+        self.backend.reset(batch_size)
+        self._reset_bookkeeping(batch_size)
+
+    def get_state(self) -> RecurrentState:
+        """A copy of the whole conversation state (fork it, save it, set it back later)."""
+        return RecurrentState(
+            self.layout,
+            self.backend.read_state(),
+            None if self._logits is None else self._logits.clone(),
+            None if self._pending is None else self._pending.clone(),
+            self._recent.clone(),
+            self._num_tokens.clone(),
+        )
+
+    def set_state(self, state: RecurrentState) -> None:
+        """Continue from ``state`` (copied in); it must belong to this model."""
+        from .errors import StateMismatchError
+
+        if state.layout.config_hash != self.layout.config_hash:
+            raise StateMismatchError(
+                f"state is from another model: {state.layout.model_name!r} (config {state.layout.config_hash}), "
+                f"this session runs {self.layout.model_name!r} (config {self.layout.config_hash})"
+            )
+        if state.pending is not None:
+            self._check_ids(state.pending[:, None])
+        self.backend.write_state(state.tensors)
+        self._logits = None if state.logits is None else state.logits.clone()
+        self._pending = None if state.pending is None else state.pending.clone()
+        self._recent = state.recent.clone()
+        self._num_tokens = state.num_tokens.clone()
+
+    def save_state(self, path: str | os.PathLike) -> Path:
+        """Write the conversation state to a safetensors file."""
+        return self.get_state().save(path)
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Continue from a state file written by ``save_state`` (any backend, same model)."""
+        self.set_state(RecurrentState.load(path, self.layout))
+
+    # ---- feeding tokens ------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def _check_ids(self, ids: Tensor) -> Tensor:
+        bad = (ids < 0) | (ids >= self.vocab_size)
+        if bool(bad.any()):
+            row, pos = (int(i) for i in bad.nonzero()[0])
+            raise TokenRangeError(
+                f"token id {int(ids[row, pos])} (row {row}, position {pos}) is outside 0..{self.vocab_size - 1}"
+            )
+        return ids
+
+    def as_ids(self, tokens: TokenInput) -> Tensor | list[Tensor]:
+        """(B, T) int64 tensor for equal-length rows, a list of (1, T_b) tensors for ragged ones."""
+        if isinstance(tokens, Tensor):
+            if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.dim() not in (1, 2):
+                raise GenerationArgumentError(f"tokens must be an integer (T,) or (B, T) tensor, got "
+                                              f"{tokens.dtype} {tuple(tokens.shape)}")
+            ids = tokens.to(torch.int64).reshape(1, -1) if tokens.dim() == 1 else tokens.to(torch.int64)
+            return self._check_ids(ids)
+        rows = list(tokens)
+        if rows and not isinstance(rows[0], int | Tensor) and hasattr(rows[0], "__len__"):
+            tensors = [torch.as_tensor(list(r), dtype=torch.int64).reshape(1, -1) for r in rows]
+        else:
+            tensors = [torch.as_tensor(rows, dtype=torch.int64).reshape(1, -1)]
+        for t in tensors:
+            self._check_ids(t)
+        if len({t.shape[1] for t in tensors}) == 1:
+            return torch.cat(tensors)
+        return tensors
+
+    def _record(self, ids: Tensor) -> None:
+        """Bookkeeping after feeding ``ids`` (B, T): recent window, token counts."""
+        window = self._recent.shape[1]
+        self._recent = torch.cat([self._recent, ids], dim=1)[:, -window:]
+        self._num_tokens += ids.shape[1]
+
+    def _take_pending(self, ids: Tensor) -> Tensor:
+        """Prepend the pending tokens (chosen but not yet fed) to ``ids`` (B, T)."""
+        if self._pending is None:
+            return ids
+        ids = torch.cat([self._pending[:, None], ids], dim=1)
+        self._pending = None
+        return ids
+
+    def prefill(self, tokens: TokenInput) -> Tensor:
+        """Feed a prompt after the current state; return the next-token logits (B, V).
+
+        ``tokens``: a list of ids (one row), a list of lists (one per row; rows of different lengths
+        are fed one row at a time) or a (B, T) tensor. A fresh session takes the batch size of ``tokens``.
+        """
+        ids = self.as_ids(tokens)
+        batch = ids.shape[0] if isinstance(ids, Tensor) else len(ids)
+        lengths = [ids.shape[1]] * batch if isinstance(ids, Tensor) else [t.shape[1] for t in ids]
+        if min(lengths) == 0 and self._pending is None:
+            raise EmptyPromptError("prompt is empty: give at least one token")
+        if self.is_fresh and batch != self.batch_size:
+            self.reset(batch)
+        if batch != self.batch_size:
+            raise GenerationArgumentError(f"the session holds {self.batch_size} row(s); got {batch} prompt(s) "
+                                          f"(call reset() to start over with another batch size)")
+        if isinstance(ids, Tensor):
+            ids = self._take_pending(ids)
+            self._logits = self.backend.prefill(ids).clone()
+            self._record(ids)
+            return self._logits
+        return self._prefill_ragged(ids)
+
+    def _prefill_ragged(self, rows: list[Tensor]) -> Tensor:
+        """Rows of different lengths: run each as a batch of one, then stack the states."""
+        whole = self.get_state()
+        done = []
+        for b, ids in enumerate(rows):
+            self.set_state(whole.row(b))
+            self.prefill(ids)
+            done.append(self.get_state())
+        self.set_state(RecurrentState.stack(done))
+        assert self._logits is not None
+        return self._logits
+
+    def step(self, tokens: TokenInput) -> Tensor:
+        """Feed one token per row ((B,) or (B, 1)); return the next-token logits (B, V)."""
+        ids = self.as_ids(tokens)
+        if not isinstance(ids, Tensor) or (ids.shape[0] > 1 and ids.shape[1] != 1):
+            raise GenerationArgumentError("step takes one token per row: (B,) or (B, 1)")
+        ids = ids.reshape(-1, 1)
+        if ids.shape[0] != self.batch_size:
+            if not self.is_fresh:
+                raise GenerationArgumentError(f"step takes one token for each of the {self.batch_size} row(s), "
+                                              f"got {ids.shape[0]}")
+            self.reset(ids.shape[0])
+        if self._pending is not None:
+            self._flush_pending()
+        self._logits = self.backend.step(ids).clone()
+        self._record(ids)
+        return self._logits
+
+    def _flush_pending(self) -> None:
+        assert self._pending is not None
+        ids = self._pending[:, None]
+        self._pending = None
+        self._logits = self.backend.step(ids).clone()
+        self._record(ids)
+
+    def next_logits(self) -> Tensor:
+        """Logits for the next token, feeding the pending tokens first if there are any."""
+        if self._pending is not None:
+            self._flush_pending()
+        if self._logits is None:
+            raise EmptyPromptError("nothing has been fed yet: prefill a prompt first")
+        return self._logits
+
+    def set_pending(self, tokens: Tensor) -> None:
+        """Mark (B,) tokens as chosen: they are fed at the start of the next call."""
+        self._check_ids(tokens.reshape(-1, 1))
+        self._pending = tokens.reshape(-1).to(torch.int64).clone()
+        self._logits = None
+
+    # ---- generation (see generate.py) ----------------------------------------------------------
+    def stream(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig | None = None,
+        stop_tokens: Sequence[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        add_bos: bool = True,
+    ) -> Iterator[str] | Iterator[list[str]]:
+        """Yield text pieces as they come: ``str`` for one prompt, ``list[str]`` (one per row) for a list.
+
+        Continues the conversation; an empty prompt continues from the state (an error on a fresh
+        session). ``stop_tokens`` defaults to the tokenizer's eos; generation of a row stops at a stop
+        token (not shown) or a stop string (not shown, nor anything after it).
+        """
+        from .generate import stream_text
+
+        return stream_text(self, prompt, max_new_tokens, sampling, stop_tokens, stop_strings, add_bos)
+
+    def generate_ids(
+        self,
+        prompt_ids: Sequence[int] | Sequence[Sequence[int]],
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig | None = None,
+        stop_tokens: Sequence[int] = (),
+    ) -> list[list[int]]:
+        """Token-level generation: new ids per row (a row's stop token is its last id). No text, no bos.
+
+        ``prompt_ids``: ids of one row, or one list per row; empty lists continue from the state.
+        """
+        from .generate import GenerationStats, _check_args, start_generation, stream_tokens
+        from .sampling import Sampler
+
+        _check_args(max_new_tokens, ())
+        rows = [list(r) for r in prompt_ids] if prompt_ids and not isinstance(prompt_ids[0], int) \
+            else [list(prompt_ids)]  # type: ignore[arg-type]
+        sampler = Sampler(sampling)
+        stats = GenerationStats(batch_size=len(rows), seed=sampler.seed, stopped=["length"] * len(rows))
+        self.last_stats = stats
+        logits = start_generation(self, rows, stats)
+        should_stop = [False] * len(rows)
+        out: list[list[int]] = [[] for _ in rows]
+        done = [False] * len(rows)
+        for tokens in stream_tokens(self, logits, max_new_tokens, sampler, set(stop_tokens), stats, should_stop):
+            for b, t in enumerate(tokens.tolist()):
+                if not done[b]:
+                    out[b].append(t)
+                    done[b] = should_stop[b]
+        return out
+
+    def generate(
+        self,
+        prompt: str | Sequence[str],
+        max_new_tokens: int = 128,
+        sampling: SamplingConfig | None = None,
+        stop_tokens: Sequence[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        add_bos: bool = True,
+    ) -> str | list[str]:
+        """The whole completion text (``str``, or ``list[str]`` for a list of prompts)."""
+        pieces = list(self.stream(prompt, max_new_tokens, sampling, stop_tokens, stop_strings, add_bos))
+        if isinstance(prompt, str):
+            return "".join(pieces)  # type: ignore[arg-type]
+        return ["".join(row) for row in zip(*pieces, strict=True)] if pieces else ["" for _ in prompt]

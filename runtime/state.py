@@ -1,0 +1,261 @@
+"""The conversation state as an object: recurrent tensors + next-token logits, saved as safetensors.
+
+``StateLayout`` says which tensors a model's state has (names ``past.{layer}.{name}``, shapes
+without batch, spec order) and which model it belongs to (a hash of the canonical config).
+``RecurrentState`` holds one state: the tensors (B, *shape) float32, plus what a conversation needs
+to continue exactly: the logits for the next token (B, V) or the tokens chosen but not yet fed
+(B,), the recent tokens for the repetition penalty (B, RECENT_WINDOW) and the token count (B,).
+Its size never depends on the context length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import StateMismatchError
+from .sampling import MAX_REPETITION_WINDOW
+
+STATE_FORMAT = "xlstm-edge-state"
+STATE_FORMAT_VERSION = "1"
+STATE_CONVENTION = "scale_q"
+RECENT_WINDOW = MAX_REPETITION_WINDOW
+_EXTRA = "xlstm_edge."  # prefix of the non-recurrent tensors in a state file
+_LOGITS, _PENDING, _RECENT, _COUNT = (_EXTRA + k for k in ("logits", "pending", "recent", "num_tokens"))
+
+
+def config_hash(model_config: dict[str, Any]) -> str:
+    """16 hex digits naming a model architecture: sha256 of the canonical ``xLSTMConfig`` dict."""
+    from xlstm_edge.config import xLSTMConfig
+
+    canonical = xLSTMConfig.from_dict(model_config).to_dict()
+    blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class StateTensor:
+    """One recurrent tensor: ``past.{layer}.{name}`` in, ``present.{layer}.{name}`` out."""
+
+    layer: int
+    name: str
+    shape: tuple[int, ...]  # without the batch dim
+
+    @property
+    def input_name(self) -> str:
+        return f"past.{self.layer}.{self.name}"
+
+    @property
+    def output_name(self) -> str:
+        return f"present.{self.layer}.{self.name}"
+
+
+@dataclass(frozen=True)
+class StateLayout:
+    """The state tensors of one model, in spec order, and that model's identity."""
+
+    tensors: tuple[StateTensor, ...]
+    config_hash: str
+    model_name: str
+    vocab_size: int
+
+    @classmethod
+    def from_config(cls, config: Any, model_name: str) -> StateLayout:
+        """From an ``xLSTMConfig`` (the order of ``xlstm_edge.state.state_spec``)."""
+        from xlstm_edge.state import state_spec
+
+        specs = tuple(StateTensor(s.layer, s.name, tuple(s.shape)) for s in state_spec(config))
+        return cls(specs, config_hash(config.to_dict()), model_name, config.vocab_size)
+
+    def zeros(self, batch_size: int) -> list[Tensor]:
+        """The initial state: every tensor zero, (batch_size, *shape) float32."""
+        return [torch.zeros(batch_size, *t.shape, dtype=torch.float32) for t in self.tensors]
+
+    @property
+    def bytes_per_row(self) -> int:
+        n = 0
+        for t in self.tensors:
+            k = 4
+            for d in t.shape:
+                k *= d
+            n += k
+        return n
+
+    def check(self, tensors: list[Tensor], where: str) -> int:
+        """Check count, shapes and dtype; return the batch size. Raises ``StateMismatchError``."""
+        if len(tensors) != len(self.tensors):
+            raise StateMismatchError(f"{where}: {len(tensors)} state tensors, the model has {len(self.tensors)}")
+        batch = tensors[0].shape[0] if tensors and tensors[0].dim() else -1
+        for spec, t in zip(self.tensors, tensors, strict=True):
+            if t.dtype != torch.float32 or t.dim() != 1 + len(spec.shape) or tuple(t.shape[1:]) != spec.shape \
+                    or t.shape[0] != batch:
+                raise StateMismatchError(
+                    f"{where}: {spec.input_name} is {t.dtype} {tuple(t.shape)}, expected float32 "
+                    f"({batch}, *{spec.shape})"
+                )
+        if batch < 1:
+            raise StateMismatchError(f"{where}: batch size {batch}")
+        return batch
+
+
+def _empty_recent(batch_size: int) -> Tensor:
+    return torch.full((batch_size, RECENT_WINDOW), -1, dtype=torch.int64)
+
+
+@dataclass
+class RecurrentState:
+    """One conversation state for ``batch_size`` rows.
+
+    tensors     recurrent tensors in ``layout`` order, (B, *shape) float32
+    logits      (B, V) float32 logits for the next token, or None when ``pending`` holds tokens
+    pending     (B,) int64 tokens chosen (and shown) but not yet fed to the model, or None
+    recent      (B, RECENT_WINDOW) int64, most recent last, -1 = empty (for the repetition penalty)
+    num_tokens  (B,) int64 tokens fed so far
+    """
+
+    layout: StateLayout
+    tensors: list[Tensor]
+    logits: Tensor | None
+    pending: Tensor | None
+    recent: Tensor
+    num_tokens: Tensor
+
+    @classmethod
+    def fresh(cls, layout: StateLayout, batch_size: int = 1) -> RecurrentState:
+        return cls(layout, layout.zeros(batch_size), None, None, _empty_recent(batch_size),
+                   torch.zeros(batch_size, dtype=torch.int64))
+
+    @property
+    def batch_size(self) -> int:
+        return self.tensors[0].shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the recurrent tensors (not counting logits and bookkeeping)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors)
+
+    def copy(self) -> RecurrentState:
+        """An independent deep copy (fork a conversation)."""
+        return RecurrentState(
+            self.layout,
+            [t.clone() for t in self.tensors],
+            None if self.logits is None else self.logits.clone(),
+            None if self.pending is None else self.pending.clone(),
+            self.recent.clone(),
+            self.num_tokens.clone(),
+        )
+
+    def row(self, index: int) -> RecurrentState:
+        """Row ``index`` as a batch-1 state (a copy)."""
+        pick = slice(index, index + 1)
+        return RecurrentState(
+            self.layout,
+            [t[pick].clone() for t in self.tensors],
+            None if self.logits is None else self.logits[pick].clone(),
+            None if self.pending is None else self.pending[pick].clone(),
+            self.recent[pick].clone(),
+            self.num_tokens[pick].clone(),
+        )
+
+    @classmethod
+    def stack(cls, rows: list[RecurrentState]) -> RecurrentState:
+        """Concatenate states of one model along the batch (all with logits, or all with pending)."""
+        if not rows:
+            raise StateMismatchError("cannot stack zero states")
+        layout = rows[0].layout
+        if any(r.layout.config_hash != layout.config_hash for r in rows):
+            raise StateMismatchError("cannot stack states of different models")
+        has_logits = [r.logits is not None for r in rows]
+        has_pending = [r.pending is not None for r in rows]
+        if len(set(has_logits)) > 1 or len(set(has_pending)) > 1:
+            raise StateMismatchError("cannot stack states that stand at different points (logits vs pending)")
+        return cls(
+            layout,
+            [torch.cat([r.tensors[i] for r in rows]) for i in range(len(layout.tensors))],
+            torch.cat([r.logits for r in rows]) if has_logits[0] else None,
+            torch.cat([r.pending for r in rows]) if has_pending[0] else None,
+            torch.cat([r.recent for r in rows]),
+            torch.cat([r.num_tokens for r in rows]),
+        )
+
+    # ---- files ---------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file; its metadata names the model (config hash) and the format."""
+        from safetensors.torch import save_file
+
+        flat = {spec.input_name: t.contiguous() for spec, t in zip(self.layout.tensors, self.tensors, strict=True)}
+        flat[_RECENT] = self.recent.contiguous()
+        flat[_COUNT] = self.num_tokens.contiguous()
+        if self.logits is not None:
+            flat[_LOGITS] = self.logits.contiguous()
+        if self.pending is not None:
+            flat[_PENDING] = self.pending.contiguous()
+        meta = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_FORMAT_VERSION,
+            "config_hash": self.layout.config_hash,
+            "model_name": self.layout.model_name,
+            "convention": STATE_CONVENTION,
+            "batch_size": str(self.batch_size),
+        }
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(flat, str(path), metadata=meta)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, layout: StateLayout) -> RecurrentState:
+        """Read a state file and check that it belongs to the model of ``layout``."""
+        from safetensors import SafetensorError, safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise StateMismatchError(f"state file {path} does not exist")
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                flat = {k: fh.get_tensor(k) for k in fh.keys()}
+        except SafetensorError as e:
+            raise StateMismatchError(f"{path} is not a safetensors state file: {e}") from None
+        if meta.get("format") != STATE_FORMAT:
+            raise StateMismatchError(f"{path} is not an xlstm-edge state file (format {meta.get('format')!r})")
+        if meta.get("format_version") != STATE_FORMAT_VERSION:
+            raise StateMismatchError(f"{path} has state format_version {meta.get('format_version')!r}, "
+                                     f"this runtime reads {STATE_FORMAT_VERSION}")
+        if meta.get("convention") != STATE_CONVENTION:
+            raise StateMismatchError(f"{path} uses state convention {meta.get('convention')!r}, "
+                                     f"expected {STATE_CONVENTION!r}")
+        if meta.get("config_hash") != layout.config_hash:
+            raise StateMismatchError(
+                f"state file {path} is from another model: {meta.get('model_name')!r} (config "
+                f"{meta.get('config_hash')}), this session runs {layout.model_name!r} (config {layout.config_hash})"
+            )
+        names = [t.input_name for t in layout.tensors]
+        missing = [n for n in names + [_RECENT, _COUNT] if n not in flat]
+        unexpected = sorted(set(flat) - set(names) - {_RECENT, _COUNT, _LOGITS, _PENDING})
+        if missing or unexpected:
+            raise StateMismatchError(f"state file {path} does not match the model: missing {missing[:4]}, "
+                                     f"unexpected {unexpected[:4]}")
+        tensors = [flat[n] for n in names]
+        batch = layout.check(tensors, f"state file {path}")
+        logits, pending = flat.get(_LOGITS), flat.get(_PENDING)
+        if (logits is None) == (pending is None):
+            raise StateMismatchError(f"state file {path} must hold exactly one of logits / pending tokens")
+        checks = [
+            (_RECENT, flat[_RECENT], torch.int64, (batch, RECENT_WINDOW)),
+            (_COUNT, flat[_COUNT], torch.int64, (batch,)),
+            (_LOGITS, logits, torch.float32, (batch, layout.vocab_size)),
+            (_PENDING, pending, torch.int64, (batch,)),
+        ]
+        for name, t, dtype, shape in checks:
+            if t is not None and (t.dtype != dtype or tuple(t.shape) != shape):
+                raise StateMismatchError(f"state file {path}: {name} is {t.dtype} {tuple(t.shape)}, "
+                                         f"expected {dtype} {shape}")
+        return cls(layout, tensors, logits, pending, flat[_RECENT], flat[_COUNT])

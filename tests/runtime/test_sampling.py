@@ -1,0 +1,152 @@
+"""Sampling filters against hand computations, the draw against its distribution, seeds, config checks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from xlstm_edge.runtime.errors import GenerationArgumentError
+from xlstm_edge.runtime.generate import StopStringFilter
+from xlstm_edge.runtime.sampling import (
+    Sampler,
+    SamplingConfig,
+    apply_repetition_penalty,
+    filtered_logits,
+    min_p_filter,
+    top_k_filter,
+    top_p_filter,
+)
+
+NEG = float("-inf")
+
+
+def _logits_of(probs: list[float]) -> torch.Tensor:
+    return torch.tensor([[math.log(p) for p in probs]])
+
+
+def test_top_k_by_hand():
+    x = torch.tensor([[1.0, 5.0, 3.0, 2.0], [0.5, -1.0, 4.0, 4.5]])
+    got = top_k_filter(x, 2)
+    assert got.tolist() == [[NEG, 5.0, 3.0, NEG], [NEG, NEG, 4.0, 4.5]]
+    assert torch.equal(top_k_filter(x, 0), x) and torch.equal(top_k_filter(x, 4), x)
+
+
+def test_top_p_by_hand():
+    x = _logits_of([0.15, 0.5, 0.05, 0.3])
+    # sorted 0.5, 0.3, 0.15, 0.05; mass before each: 0, 0.5, 0.8, 0.95
+    keep = torch.isfinite(top_p_filter(x, 0.7))[0].tolist()
+    assert keep == [False, True, False, True]
+    assert torch.isfinite(top_p_filter(x, 0.85))[0].tolist() == [True, True, False, True]
+    assert torch.isfinite(top_p_filter(x, 0.3))[0].tolist() == [False, True, False, False]  # top token always
+    assert torch.equal(top_p_filter(x, 1.0), x)
+
+
+def test_min_p_by_hand():
+    x = _logits_of([0.5, 0.3, 0.15, 0.05])
+    # threshold 0.2 * 0.5 = 0.1: drops 0.05 only; 0.4 * 0.5 = 0.2: drops 0.15 and 0.05
+    assert torch.isfinite(min_p_filter(x, 0.2))[0].tolist() == [True, True, True, False]
+    assert torch.isfinite(min_p_filter(x, 0.4))[0].tolist() == [True, True, False, False]
+
+
+def test_repetition_penalty_by_hand():
+    x = torch.tensor([[2.0, -2.0, 1.0, 0.5], [2.0, -2.0, 1.0, 0.5]])
+    recent = torch.tensor([[0, 1, -1], [-1, -1, 3]])
+    got = apply_repetition_penalty(x, recent, 2.0)
+    assert got.tolist() == [[1.0, -4.0, 1.0, 0.5], [2.0, -2.0, 1.0, 0.25]]
+
+
+def test_random_filters_against_python_reference(seed):
+    """Random logits: each filter keeps exactly the set a plain-Python float64 computation keeps."""
+    x = torch.randn(3, 50) * 2
+    for row in range(3):
+        vals = x[row].double().tolist()
+        probs = [math.exp(v) for v in vals]
+        total = sum(probs)
+        probs = [p / total for p in probs]
+        order = sorted(range(50), key=lambda i: -vals[i])
+        want_k = set(order[:7])
+        want_p, mass = set(), 0.0
+        for i in order:
+            want_p.add(i)
+            mass += probs[i]
+            if mass >= 0.6:
+                break
+        want_min = {i for i in range(50) if probs[i] >= 0.1 * max(probs)}
+        for got, want in ((top_k_filter(x, 7), want_k), (top_p_filter(x, 0.6), want_p),
+                          (min_p_filter(x, 0.1), want_min)):
+            assert set(torch.isfinite(got[row]).nonzero().flatten().tolist()) == want, f"seed {seed}"
+
+
+def test_draws_follow_the_filtered_distribution(seed):
+    """temperature + top-k: 40k draws, empirical frequencies within 0.015 of the hand-computed probabilities."""
+    logits = _logits_of([0.4, 0.05, 0.25, 0.2, 0.1])
+    cfg = SamplingConfig(temperature=0.5, top_k=3, seed=seed)
+    # by hand: p^(1/T) = p^2 over the top 3 (0.4, 0.25, 0.2), renormalized
+    sq = {0: 0.16, 2: 0.0625, 3: 0.04}
+    want = {k: v / sum(sq.values()) for k, v in sq.items()}
+    sampler = Sampler(cfg)
+    draws = sampler(logits.expand(40000, 5).contiguous())
+    counts = torch.bincount(draws, minlength=5).double() / draws.numel()
+    assert counts[1] == 0 and counts[4] == 0
+    for k, p in want.items():
+        assert abs(counts[k].item() - p) < 0.015, (k, counts[k].item(), p, seed)
+
+
+def test_greedy_is_argmax_and_penalty_applies(seed):
+    x = torch.randn(4, 30)
+    assert torch.equal(Sampler(SamplingConfig())(x), x.argmax(-1))
+    top = x.argmax(-1)
+    recent = top[:, None]
+    pen = Sampler(SamplingConfig(repetition_penalty=1e6))(x.abs() + 0.1, recent)  # all logits > 0
+    assert not bool((pen == top).any())
+
+
+def test_seed_reproducible_and_different_seeds_differ(seed):
+    x = torch.randn(2, 260)
+    cfg = dict(temperature=1.0, top_p=0.95, min_p=0.01)
+    a = [Sampler(SamplingConfig(**cfg, seed=seed))(x) for _ in range(1)]
+    s1, s2 = Sampler(SamplingConfig(**cfg, seed=seed)), Sampler(SamplingConfig(**cfg, seed=seed))
+    seq1 = torch.stack([s1(x) for _ in range(50)])
+    seq2 = torch.stack([s2(x) for _ in range(50)])
+    assert torch.equal(seq1, seq2) and torch.equal(seq1[0], a[0])
+    s3 = Sampler(SamplingConfig(**cfg, seed=seed + 1))
+    assert not torch.equal(seq1, torch.stack([s3(x) for _ in range(50)]))
+    assert Sampler(SamplingConfig(temperature=1.0)).seed is not None  # a fresh seed is recorded
+
+
+def test_filter_order_matches_hugging_face(seed):
+    """penalty, then temperature, then top-k / top-p / min-p (transformers' processor order)."""
+    x = torch.randn(2, 40)
+    recent = torch.randint(0, 40, (2, 5))
+    cfg = SamplingConfig(temperature=0.7, top_k=20, top_p=0.9, min_p=0.05, repetition_penalty=1.3)
+    want = apply_repetition_penalty(x, recent, 1.3) / 0.7
+    want = min_p_filter(top_p_filter(top_k_filter(want, 20), 0.9), 0.05)
+    assert torch.equal(filtered_logits(x, cfg, recent), want)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(temperature=-0.1), dict(temperature=float("nan")), dict(top_k=-1), dict(top_k=2.5), dict(top_p=0.0),
+    dict(top_p=1.5), dict(min_p=1.0), dict(min_p=-0.1), dict(repetition_penalty=0.0), dict(repetition_window=0),
+    dict(seed=-3), dict(seed=True),
+])
+def test_bad_sampling_config(bad):
+    with pytest.raises(GenerationArgumentError) as e:
+        SamplingConfig(**bad)
+    assert "\n" not in str(e.value) and next(iter(bad)) in str(e.value)
+
+
+def test_stop_string_filter_across_pieces():
+    f = StopStringFilter(["END", "\n\n"])
+    shown = []
+    for piece in ["Hello E", "N", "x wor", "ld\n", "\nmore"]:
+        text, hit = f.push(piece)
+        shown.append(text)
+        if hit:
+            break
+    assert "".join(shown) == "Hello ENx world" and hit
+    f = StopStringFilter(["END"])
+    out = [f.push(p) for p in ["abcE", "N", "D tail"]]
+    assert "".join(t for t, _ in out) == "abc" and out[-1][1]
+    f = StopStringFilter(["zz"])
+    assert f.push("az")[0] == "a" and f.flush() == "z"
