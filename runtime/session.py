@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .backends.base import Backend
+from .backend import Backend
 from .errors import (
     EmptyPromptError,
     GenerationArgumentError,
@@ -66,7 +66,7 @@ def load(
     if isinstance(source, nn.Module):
         if backend not in (None, "torch"):
             raise PackageError(f"a model object runs on the torch backend only, not {backend!r}: export it first")
-        from .backends.torch import TorchBackend
+        from .torch_backend import TorchBackend
 
         impl: Backend = TorchBackend(source, threads)
         return Session(impl, tokenizer if tokenizer is not None else _model_tokenizer(impl.config))
@@ -98,7 +98,7 @@ def load(
             )
         from xlstm_edge.checkpoint import CheckpointError
 
-        from .backends.torch import TorchBackend
+        from .torch_backend import TorchBackend
 
         try:
             impl = TorchBackend.from_checkpoint(path, threads)
@@ -130,10 +130,10 @@ def _open_package(path: Path, backend: str | None, threads: int) -> Backend:
     if backend is not None and backend != manifest.backend:
         raise PackageError(f"{path} was exported for {manifest.backend}, not {backend}")
     if manifest.backend == "onnxruntime":
-        from .backends.ort import OrtBackend
+        from .ort_backend import OrtBackend
 
         return OrtBackend(path, manifest, threads)
-    from .backends.executorch import ExecuTorchBackend
+    from .executorch_backend import ExecuTorchBackend
 
     return ExecuTorchBackend(path, manifest, threads)
 

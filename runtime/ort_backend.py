@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import PackageError
-from .base import Backend, require_module
-from .package import check_graph_io, manifest_config_and_layout
+from .backend import Backend, require_module
+from .errors import PackageError
+from .package_checks import check_graph_io, manifest_config_and_layout
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
 

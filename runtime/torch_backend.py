@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import PackageError
-from ..state import StateLayout
-from .base import Backend
+from .backend import Backend
+from .errors import PackageError
+from .state import StateLayout
 
 # longest slice of a prompt given to the chunkwise form at once (bounds prefill memory)
 PREFILL_SLICE = 512

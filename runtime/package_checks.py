@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import PackageError
-from ..state import StateLayout
+from .errors import PackageError
+from .state import StateLayout
 
 # (name, shape, dtype) as a graph reports it; shape entries are ints, or str / None for dynamic dims
 GraphIO = Sequence[tuple[str, Sequence[Any], str]]

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ..errors import BackendNotInstalledError
-from ..state import StateLayout
+from .errors import BackendNotInstalledError
+from .state import StateLayout
 
 
 def require_module(module: str, pip_name: str, backend: str) -> None:
