@@ -13,6 +13,7 @@ A checkpoint folder appears only when complete (written as .checkpoint-*.partial
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -87,12 +88,10 @@ def pick_chunkwise_kernel(device: torch.device, choice: str):
         return None
     if device.type != "cuda":
         raise click.ClickException("--kernels triton needs a CUDA device")
-    from .kernels import mlstm_chunkwise_triton  # raises if the kernels are not built
+    from .kernels import dispatch
 
-    def kernel(q, k, v, i, f, state, chunk_size, eps):
-        return mlstm_chunkwise_triton(q, k, v, i, f, state=state, chunk_size=chunk_size, eps=eps, return_state=True)
-
-    return kernel
+    dispatch.resolve_backend(device, "triton")  # raises (naming the package) when Triton is missing
+    return functools.partial(dispatch.mlstm_chunkwise, backend="triton")
 
 
 # ---- checkpoint I/O -------------------------------------------------------------------------------
