@@ -61,6 +61,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     kernels: str = "auto"  # auto (triton on CUDA, torch on CPU) | triton | torch
     val_fraction: float = 0.02
+    max_minutes: float | None = None  # wall-clock budget: stop early, evaluate and save when it runs out
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "eval_every", "save_every", "log_every", "eval_batches"):
@@ -240,6 +241,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
                desc="train", unit="step", dynamic_ncols=True)
     last_ckpt = existing[-1] if existing else None
     window_start, window_tokens, loss_value = time.perf_counter(), 0, float("nan")
+    deadline = time.perf_counter() + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
     for step in bar:
         lr = learning_rate(step, cfg)
         for group in optimizer.param_groups:
@@ -254,7 +256,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         optimizer.step()
         window_tokens += tokens_per_step
         done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        out_of_time = time.perf_counter() > deadline
+        if out_of_time:
+            bar.write(f"--max-minutes {cfg.max_minutes} reached at step {done}: evaluating and saving")
+        last = done == cfg.steps or out_of_time
+        if done % cfg.log_every == 0 or last:
             loss_value = loss.item()
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -264,13 +270,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             log({"event": "train", "step": done, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                  "tokens_per_s": tok_s})
             window_start, window_tokens = time.perf_counter(), 0
-        if done % cfg.eval_every == 0 or done == cfg.steps:
+        if done % cfg.eval_every == 0 or last:
             val = evaluate(model, corpus.val, cfg, device, autocast)
             log({"event": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
             bar.write(f"step {done}: train loss {loss_value:.4f}  val loss {val:.4f}  val ppl {math.exp(min(val, 50)):.2f}")
-        if is_main and (done % cfg.save_every == 0 or done == cfg.steps):
+        if is_main and (done % cfg.save_every == 0 or last):
             last_ckpt = save_training_checkpoint(out_dir, done, model, optimizer, sampler, tokenizer,
                                                  {"train_loss": loss_value})
+        if out_of_time:
+            break
     bar.close()
     if is_main:
         plot_losses(log_path, out_dir / "loss.png")
@@ -342,6 +350,7 @@ def _parse_overrides(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--kernels", type=click.Choice(["auto", "triton", "torch"]), default="auto", show_default=True)
+@click.option("--max-minutes", type=float, default=None, help="Stop (evaluate, save) after this wall time.")
 @click.option("--resume", is_flag=True, help="Continue from the latest complete checkpoint in --out.")
 def train_cmd(out_dir, preset, overrides, init_from, data, resume, **opts) -> None:
     """Train an xLSTM language model.
