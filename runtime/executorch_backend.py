@@ -23,10 +23,21 @@ from .package_checks import check_graph_io, manifest_config_and_layout
 _ET_TYPES = {"float32": "torch.float32", "int64": "torch.int64", "int32": "torch.int32"}
 
 
+# ExecuTorch's ScalarType codes (as c10's) of the dtypes a package uses
+_SCALAR_TYPES = {3: "torch.int32", 4: "torch.int64", 6: "torch.float32"}
+
+
 def _dtype_name(dtype: Any) -> str:
-    """ExecuTorch's ScalarType as a torch dtype string ("torch.float32")."""
-    name = str(dtype).split(".")[-1].lower()  # ScalarType.FLOAT -> "float"
-    return {"float": "torch.float32", "long": "torch.int64", "int": "torch.int32"}.get(name, name)
+    """ExecuTorch's ScalarType (an int code, or an enum) as a torch dtype string ("torch.float32")."""
+    code = int(dtype) if isinstance(dtype, int) else int(getattr(dtype, "value", -1))
+    return _SCALAR_TYPES.get(code, f"ScalarType {dtype}")
+
+
+def _pad_rows(t: Tensor, pad: int) -> Tensor:
+    """``t`` (n, ...) with ``pad`` more rows, copies of its first (valid input for any tensor)."""
+    if pad == 0:
+        return t.contiguous()
+    return torch.cat([t, t[:1].expand(pad, *t.shape[1:])]).contiguous()
 
 
 class ExecuTorchBackend(Backend):
@@ -49,7 +60,8 @@ class ExecuTorchBackend(Backend):
         runtime = Runtime.get()
         programs: dict[str, Any] = {}
         self._methods: dict[str, Any] = {}
-        self._max_batch: dict[str, int] = {}
+        self._max_batch: dict[str, int] = {}  # rows one call takes (upper bound, or the static batch)
+        self._static_batch: dict[str, bool] = {}
         for method in ("step", "prefill"):
             entry = manifest.graph(method)
             path = package_dir / entry.file
@@ -68,6 +80,7 @@ class ExecuTorchBackend(Backend):
             check_graph_io(path, entry, got_in, got_out, _ET_TYPES, ordered=True)
             self._methods[method] = loaded
             self._max_batch[method] = int(meta.input_tensor_meta(0).sizes()[0])
+            self._static_batch[method] = isinstance(entry.inputs[0].shape[0], int)
         prefill = manifest.graph("prefill")
         self.prefill_tokens = prefill.tokens_per_call
         self._has_valid_length = prefill.valid_length_input is not None
@@ -108,13 +121,28 @@ class ExecuTorchBackend(Backend):
             buf.copy_(t)
 
     def _call(self, method: str, inputs: list[Tensor]) -> Tensor:
-        if self.batch_size > self._max_batch[method]:
-            raise PackageError(f"{self.source}: the {method!r} method takes at most batch "
-                               f"{self._max_batch[method]}, got {self.batch_size}")
-        outs = self._methods[method].execute([*inputs, *self._state])
-        for buf, out in zip(self._state, outs[1:], strict=True):
-            buf.copy_(out)  # outputs alias planned memory: copy before the next call
-        return outs[0]
+        """Run ``method`` on batch-first ``inputs`` + the state; copy ``present.*`` into the state buffers.
+
+        A batch larger than the method takes (or, for a static-batch method, of another size) runs in
+        groups of its batch, the last group padded with copies of its first row.
+        """
+        B, cap, static = self.batch_size, self._max_batch[method], self._static_batch[method]
+        if B == cap or (B < cap and not static):
+            outs = self._methods[method].execute([*inputs, *self._state])
+            for buf, out in zip(self._state, outs[1:], strict=True):
+                buf.copy_(out)  # outputs alias planned memory: copy before the next call
+            return outs[0]
+        logits = []
+        for start in range(0, B, cap):
+            rows = slice(start, min(start + cap, B))
+            n = rows.stop - rows.start
+            pad = cap - n if static else 0
+            group = [_pad_rows(t[rows], pad) for t in (*inputs, *self._state)]
+            outs = self._methods[method].execute(group)
+            for buf, out in zip(self._state, outs[1:], strict=True):
+                buf[rows].copy_(out[:n])
+            logits.append(outs[0][:n].clone())
+        return torch.cat(logits)
 
     def step(self, input_ids: Tensor) -> Tensor:
         return self._call("step", [input_ids.contiguous()])

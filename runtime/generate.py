@@ -47,8 +47,10 @@ class GenerationStats:
         return self.decode_steps * self.batch_size / self.decode_s if self.decode_s > 0 else float("nan")
 
     def summary(self) -> str:
-        return (f"prompt {self.prompt_tokens} tok, prefill {self.prefill_tok_s:.1f} tok/s, first token "
-                f"{self.first_token_s * 1e3:.1f} ms, {self.new_tokens} new tok, decode {self.decode_tok_s:.1f} tok/s")
+        prompt = (f"prompt {self.prompt_tokens} tok, prefill {self.prefill_tok_s:.1f} tok/s"
+                  if self.prompt_tokens else "continued from the state")
+        return (f"{prompt}, first token {self.first_token_s * 1e3:.1f} ms, {self.new_tokens} new tok, "
+                f"decode {self.decode_tok_s:.1f} tok/s")
 
 
 class StopStringFilter:
@@ -183,7 +185,7 @@ def stream_text(
     prompts = [prompt] if single else list(prompt)
     if not prompts:
         raise EmptyPromptError("no prompts given")
-    sampler = Sampler(sampling)
+    sampler = Sampler(sampling, vocab_limit=session.tokenizer.vocab_size)  # text: ids the tokenizer knows
     if stop_tokens is None:
         eos = session.tokenizer.eos_token_id
         stops = set() if eos is None else {int(eos)}

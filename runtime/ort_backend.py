@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from .backend import Backend, require_module
-from .errors import PackageError
+from .errors import GenerationArgumentError, PackageError
 from .package_checks import check_graph_io, manifest_config_and_layout
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
@@ -60,7 +60,12 @@ class OrtBackend(Backend):
         self.prefill_tokens = prefill.tokens_per_call
         self.valid_length_input = prefill.valid_length_input
         self._pad_id = 0
-        self._alloc(1)
+        # a graph exported for one fixed batch size names it in the manifest instead of "batch"
+        fixed = {g.inputs[0].shape[0] for g in manifest.graphs.values() if isinstance(g.inputs[0].shape[0], int)}
+        if len(fixed) > 1:
+            raise PackageError(f"package {package_dir}: its graphs were exported for different fixed batch sizes")
+        self._fixed_batch: int | None = next(iter(fixed), None)
+        self._alloc(self._fixed_batch or 1)
 
     # ---- buffers and bindings --------------------------------------------------------------------
     def _ov(self, t: Tensor) -> Any:
@@ -68,6 +73,9 @@ class OrtBackend(Backend):
         return self._ort.OrtValue.ortvalue_from_numpy(t.numpy())
 
     def _alloc(self, batch: int) -> None:
+        if self._fixed_batch is not None and batch != self._fixed_batch:
+            raise GenerationArgumentError(f"package {self.source} was exported for batch {self._fixed_batch} "
+                                          f"only, got {batch} rows")
         B, T, V = batch, self.prefill_tokens, self.vocab_size
         self._bufs = [self.layout.zeros(B), self.layout.zeros(B)]
         self._cur = 0  # self._bufs[self._cur] holds the state now

@@ -127,13 +127,19 @@ def filtered_logits(logits: Tensor, config: SamplingConfig, recent: Tensor | Non
 class Sampler:
     """Draws next tokens with its own seeded ``torch.Generator`` (the global RNG is left alone)."""
 
-    def __init__(self, config: SamplingConfig | None = None):
+    def __init__(self, config: SamplingConfig | None = None, vocab_limit: int | None = None):
+        """``vocab_limit``: only ids below it may be drawn (e.g. the tokenizer's size when the model's
+        vocab is padded beyond it: ids the tokenizer cannot decode are never produced as text)."""
         self.config = config or SamplingConfig()
+        self.vocab_limit = vocab_limit
         self.seed = self.config.seed if self.config.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, logits: Tensor, recent: Tensor | None = None) -> Tensor:
         """logits (B, V) -> token ids (B,) int64."""
+        if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
+            logits = logits.clone()
+            logits[:, self.vocab_limit:] = float("-inf")
         x = filtered_logits(logits, self.config, recent)
         if self.config.greedy:
             return x.argmax(dim=-1)

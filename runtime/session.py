@@ -187,6 +187,11 @@ class Session:
         return self._logits
 
     @property
+    def num_tokens(self) -> Tensor:
+        """(B,) int64: tokens fed so far in each row."""
+        return self._num_tokens.clone()
+
+    @property
     def recent_tokens(self) -> Tensor:
         """(B, RECENT_WINDOW) int64, -1 = empty: the recent tokens the repetition penalty sees."""
         return self._recent

@@ -1,0 +1,121 @@
+"""``xlstm-edge generate`` and ``xlstm-edge bench`` (registered lazily by ``xlstm_edge.cli``).
+
+    xlstm-edge generate PKG --prompt "Once upon a time" --max-new-tokens 64 --temperature 0.8 --seed 1
+    xlstm-edge generate PKG --prompt " and then" --state-in chat.safetensors --state-out chat.safetensors
+    xlstm-edge bench PKG --png bench.png --json bench.json
+
+PKG is an exported package (backend from its manifest) or, with ``--backend torch``, a checkpoint
+directory. Bad input ends with one line (click.ClickException, exit status 1).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import RuntimeInputError
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the runtime's input errors into click's one-line error exit."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RuntimeInputError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+_backend_option = click.option(
+    "--backend", default=None, metavar="NAME",
+    help="onnxruntime | executorch | torch (default: the package's own; torch takes a checkpoint directory).")
+_threads_option = click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+
+
+@click.command("generate")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--prompt", "-p", default="", help="Text to continue (may be empty with --state-in).")
+@_backend_option
+@click.option("--max-new-tokens", "-n", type=int, default=128, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True, help="0 = off.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="1 = off.")
+@click.option("--min-p", type=float, default=0.0, show_default=True, help="0 = off.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1 = off.")
+@click.option("--seed", type=int, default=None, help="Seed of the draw (default: random, printed).")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
+@click.option("--state-in", type=click.Path(path_type=Path), default=None,
+              help="Continue the conversation saved in this state file.")
+@click.option("--state-out", type=click.Path(path_type=Path), default=None,
+              help="Save the conversation state here afterwards.")
+@_threads_option
+@_one_line_errors
+def generate_cmd(package: Path, prompt: str, backend: str | None, max_new_tokens: int, temperature: float,
+                 top_k: int, top_p: float, min_p: float, repetition_penalty: float, seed: int | None,
+                 stop: tuple[str, ...], state_in: Path | None, state_out: Path | None, threads: int | None) -> None:
+    """Stream a continuation of --prompt to stdout; speed to stderr."""
+    from .sampling import SamplingConfig
+    from .session import load
+
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                              repetition_penalty=repetition_penalty, seed=seed)
+    sess = load(package, backend=backend, num_threads=threads)
+    if state_in is not None:
+        sess.load_state(state_in)
+    stream = sess.stream(prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop_strings=list(stop))
+    for piece in stream:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    stats = sess.last_stats
+    if state_out is not None:
+        sess.save_state(state_out)
+    seed_note = "" if sampling.greedy else f", seed {stats.seed}"
+    click.echo(f"[{sess.backend.name}] {stats.summary()}, stop: {stats.stopped[0]}{seed_note}", err=True)
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}") from None
+
+
+@click.command("bench")
+@click.argument("package", type=click.Path(path_type=Path))
+@_backend_option
+@click.option("--prompt-tokens", type=int, default=256, show_default=True)
+@click.option("--decode-tokens", type=int, default=64, show_default=True)
+@click.option("--contexts", default="256,1024,4096", show_default=True, callback=_int_list,
+              help="Context lengths (reached by prefill) at which decode speed and RSS are measured.")
+@click.option("--steps-per-point", type=int, default=16, show_default=True)
+@click.option("--repeats", type=int, default=3, show_default=True, help="Repeats of prefill / first token.")
+@click.option("--png", type=click.Path(path_type=Path), default=Path("bench.png"), show_default=True,
+              help="Plot of decode speed and RSS against context length.")
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the figures here.")
+@_threads_option
+@_one_line_errors
+def bench_cmd(package: Path, backend: str | None, prompt_tokens: int, decode_tokens: int, contexts: tuple[int, ...],
+              steps_per_point: int, repeats: int, png: Path, json_out: Path | None, threads: int | None) -> None:
+    """Prefill tok/s, time to first token, decode tok/s, peak RSS, state bytes; decode speed and RSS
+    against context length (PNG)."""
+    from .bench import plot_bench, run_bench
+    from .session import load
+
+    sess = load(package, backend=backend, num_threads=threads)
+    result = run_bench(sess, prompt_tokens, decode_tokens, contexts, steps_per_point, repeats)
+    click.echo(result.table())
+    click.echo(f"plot: {plot_bench(result, png)}")
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        click.echo(f"figures: {json_out}")
