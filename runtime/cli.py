@@ -53,6 +53,7 @@ _threads_option = click.option("--threads", type=int, default=None, help="Intra-
 @click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="1 = off.")
 @click.option("--seed", type=int, default=None, help="Seed of the draw (default: random, printed).")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); not printed.")
+@click.option("--add-bos", is_flag=True, help="Put the tokenizer's bos token before the prompt.")
 @click.option("--state-in", type=click.Path(path_type=Path), default=None,
               help="Continue the conversation saved in this state file.")
 @click.option("--state-out", type=click.Path(path_type=Path), default=None,
@@ -61,7 +62,7 @@ _threads_option = click.option("--threads", type=int, default=None, help="Intra-
 @_one_line_errors
 def generate_cmd(package: Path, prompt: str, backend: str | None, max_new_tokens: int, temperature: float,
                  top_k: int, top_p: float, min_p: float, repetition_penalty: float, seed: int | None,
-                 stop: tuple[str, ...], state_in: Path | None, state_out: Path | None, threads: int | None) -> None:
+                 stop: tuple[str, ...], add_bos: bool, state_in: Path | None, state_out: Path | None, threads: int | None) -> None:
     """Stream a continuation of --prompt to stdout; speed to stderr."""
     from .sampling import SamplingConfig
     from .session import load
@@ -71,7 +72,8 @@ def generate_cmd(package: Path, prompt: str, backend: str | None, max_new_tokens
     sess = load(package, backend=backend, num_threads=threads)
     if state_in is not None:
         sess.load_state(state_in)
-    stream = sess.stream(prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop_strings=list(stop))
+    stream = sess.stream(prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop_strings=list(stop),
+                         add_bos=add_bos)
     for piece in stream:
         sys.stdout.write(piece)
         sys.stdout.flush()

@@ -255,8 +255,10 @@ class Session:
         return self.tokenizer.encode(text)
 
     def _check_ids(self, ids: Tensor) -> Tensor:
-        bad = (ids < 0) | (ids >= self.vocab_size)
-        if bool(bad.any()):
+        """Raise ``TokenRangeError`` naming the first id of (B, T) ``ids`` outside the vocab."""
+        flat = ids.reshape(-1).tolist()  # plain ints: cheaper than tensor ops for one token per step
+        if flat and (min(flat) < 0 or max(flat) >= self.vocab_size):
+            bad = (ids < 0) | (ids >= self.vocab_size)
             row, pos = (int(i) for i in bad.nonzero()[0])
             raise TokenRangeError(
                 f"token id {int(ids[row, pos])} (row {row}, position {pos}) is outside 0..{self.vocab_size - 1}"
@@ -377,7 +379,7 @@ class Session:
         sampling: SamplingConfig | None = None,
         stop_tokens: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
-        add_bos: bool = True,
+        add_bos: bool = False,
     ) -> Iterator[str] | Iterator[list[str]]:
         """Yield text pieces as they come: ``str`` for one prompt, ``list[str]`` (one per row) for a list.
 
@@ -427,7 +429,7 @@ class Session:
         sampling: SamplingConfig | None = None,
         stop_tokens: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
-        add_bos: bool = True,
+        add_bos: bool = False,
     ) -> str | list[str]:
         """The whole completion text (``str``, or ``list[str]`` for a list of prompts)."""
         pieces = list(self.stream(prompt, max_new_tokens, sampling, stop_tokens, stop_strings, add_bos))

@@ -52,7 +52,7 @@ def test_text_stream_is_the_decoded_greedy_ids(model_m, seed):
     prompt = "The xLSTM streams text: "
     ids = [sess.tokenizer.bos_token_id, *sess.tokenizer.encode(prompt)]
     want, _ = manual_greedy(model_m, ids, 40, vocab_limit=sess.tokenizer.vocab_size)
-    pieces = list(sess.stream(prompt, max_new_tokens=40, stop_tokens=[]))
+    pieces = list(sess.stream(prompt, max_new_tokens=40, stop_tokens=[], add_bos=True))
     assert all(isinstance(p, str) and p for p in pieces)
     assert "".join(pieces) == sess.tokenizer.decode(want)
     assert sess.last_stats.new_tokens == 40 and sess.last_stats.prompt_tokens == len(ids)
@@ -149,7 +149,7 @@ def test_stop_strings_and_stop_tokens_in_text(model_m, seed):
     text = sess.generate("Stop here: ", max_new_tokens=30, stop_tokens=[], stop_strings=[cut])
     assert text == full[:full.index(cut)] and sess.last_stats.stopped == ["stop_string"]
     sess.reset()
-    ids = sess.generate_ids([256, *sess.tokenizer.encode("Stop here: ")], 30)[0]
+    ids = sess.generate_ids(sess.tokenizer.encode("Stop here: "), 30)[0]
     sess.reset()
     text = sess.generate("Stop here: ", max_new_tokens=30, stop_tokens=[ids[4]])
     k = ids.index(ids[4])
