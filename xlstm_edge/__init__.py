@@ -11,5 +11,7 @@ from .state import State, init_state, state_bytes, state_spec
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "assets" / "demo"
 
 __all__ = [
-    "DEMO_CHECKPOINT","PRESETS", "State", "init_state", "state_bytes", "state_spec", "xLSTMConfig", "xLSTMForCausalLM"]
+    "DEMO_CHECKPOINT", "PRESETS", "State", "init_state", "state_bytes", "state_spec", "xLSTMConfig",
+    "xLSTMForCausalLM",
+]
 __version__ = "0.1.0"
