@@ -78,6 +78,7 @@ def generate_cmd(package: Path, prompt: str, backend: str | None, max_new_tokens
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
     stats = sess.last_stats
     if state_out is not None:
         sess.save_state(state_out)
