@@ -99,6 +99,14 @@ def _bwd_states_kernel(
 
 
 @triton.jit
+def _decay_matrix(b, ig, m_pos, offs_t):
+    """(L, L): exp(b_i - b_j + ig_j - m_i) for j <= i, else 0 (recomputed rather than kept live)."""
+    causal = offs_t[:, None] >= offs_t[None, :]
+    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
+    return tl.exp(log_d - m_pos[:, None])
+
+
+@triton.jit
 def _bwd_inputs_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr,
     Cs_ptr, ns_ptr, ms_ptr, dCs_ptr, dns_ptr,
@@ -126,13 +134,10 @@ def _bwd_inputs_kernel(
     state_base = (bh * NC + c) * DQK
     dtype = q_ptr.dtype.element_ty
 
-    # scores q^ k^T and dP = dnum v^T + dden, each reduced over its head dim
-    scores = tl.zeros((L, L), dtype=tl.float32)
-    for kt in range(DQK // BK):
-        offs_k = kt * BK + tl.arange(0, BK)
-        qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
-        kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
-        scores += tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
+    alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
+    beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
+
+    # phase 1: dP = dnum v^T + dden (reduced over DV), masked by the decay matrix
     dp = tl.zeros((L, L), dtype=tl.float32)
     for vt in range(DV // BV):
         offs_v = vt * BV + tl.arange(0, BV)
@@ -140,16 +145,9 @@ def _bwd_inputs_kernel(
         vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
         dp += tl.dot(dnum, tl.trans(vv), input_precision=DOT_PREC)
-    dp += dden[:, None]
+    wdp = (_decay_matrix(b, ig, m_pos, offs_t) * (dp + dden[:, None])).to(dtype)  # d scores^ (up to scale)
 
-    causal = offs_t[:, None] >= offs_t[None, :]
-    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
-    w = tl.exp(log_d - m_pos[:, None])
-    wdp = (w * dp).to(dtype)  # d(scores) up to the 1/sqrt(DQK) factor
-    ws = (w * scores * scale).to(dtype)
-    alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
-    beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
-
+    # phase 2: dq and dk, one DQK tile at a time; one accumulator pair live at once
     qdq = tl.zeros((L,), dtype=tl.float32)
     kdk = tl.zeros((L,), dtype=tl.float32)
     for kt in range(DQK // BK):
@@ -157,43 +155,52 @@ def _bwd_inputs_kernel(
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dnum C_k^T
-        dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
         for vt in range(DV // BV):
             offs_v = vt * BV + tl.arange(0, BV)
             dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
             dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
-            vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-            tile = (state_base + offs_k[:, None]) * DV + offs_v[None, :]
-            ct = tl.load(Cs_ptr + tile)
-            dct = tl.load(dCs_ptr + tile)
+            ct = tl.load(Cs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
             dq_inter += tl.dot(dnum, tl.trans(ct), input_precision=DOT_PREC)
-            dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
         nk = tl.load(ns_ptr + state_base + offs_k)
-        dnk = tl.load(dns_ptr + state_base + offs_k)
         dq = tl.dot(wdp, kk, input_precision=DOT_PREC)
-        dq += alpha[:, None] * (dq_inter + dden[:, None] * nk[None, :])
-        dq = dq * scale
+        dq = (dq + alpha[:, None] * (dq_inter + dden[:, None] * nk[None, :])) * scale
+        qdq += tl.sum(qt.to(tl.float32) * dq, axis=1)
+        tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
+        dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
+        for vt in range(DV // BV):
+            offs_v = vt * BV + tl.arange(0, BV)
+            vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+            dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
+            dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
+        dnk = tl.load(dns_ptr + state_base + offs_k)
         dk = tl.dot(tl.trans(wdp), qt, input_precision=DOT_PREC) * scale
         dk += beta[:, None] * (dk_inter + dnk[None, :])
-        qdq += tl.sum(qt.to(tl.float32) * dq, axis=1)
         kdk += tl.sum(kk.to(tl.float32) * dk, axis=1)
-        tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
         tl.store(dk_ptr + row_k + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mask_t[:, None])
     tl.store(qdq_ptr + bh * S + t, qdq, mask=mask_t)
     tl.store(kdk_ptr + bh * S + t, kdk, mask=mask_t)
 
+    # phase 3: scores q^ k^T (reduced over DQK), masked by the decay matrix
+    scores = tl.zeros((L, L), dtype=tl.float32)
+    for kt in range(DQK // BK):
+        offs_k = kt * BK + tl.arange(0, BK)
+        qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
+        scores += tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
+    ws = (_decay_matrix(b, ig, m_pos, offs_t) * scores * scale).to(dtype)
+
+    # phase 4: dv, one DV tile at a time
     for vt in range(DV // BV):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
-        dv = tl.dot(tl.trans(ws), dnum, input_precision=DOT_PREC)
         dv_inter = tl.zeros((L, BV), dtype=tl.float32)  # k dC_{k+1}
         for kt in range(DQK // BK):
             offs_k = kt * BK + tl.arange(0, BK)
             kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
             dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
             dv_inter += tl.dot(kk, dct, input_precision=DOT_PREC)
-        dv += beta[:, None] * dv_inter
+        dv = tl.dot(tl.trans(ws), dnum, input_precision=DOT_PREC) + beta[:, None] * dv_inter
         tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
 
 
@@ -257,7 +264,7 @@ def chunk_inputs_bwd(
         q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, qdq, kdk,
         S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=config.num_warps_output, num_stages=config.num_stages,
+        num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
     )  # fmt: skip
     return dq, dk, dv, qdq, kdk
 

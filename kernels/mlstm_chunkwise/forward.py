@@ -28,13 +28,19 @@ class ChunkwiseConfig:
     """Tile sizes and launch settings (the chunk size itself is an argument of the op).
 
     block_k / block_v: tiles of DQK / DV (0 = pick the largest of 64, 32, 16 that divides the dim).
+    num_warps_states: warps of the sequential state kernels; num_warps_output: warps of the
+    per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4 the backward one spills at
+    DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
     """
 
     block_k: int = 0
     block_v: int = 0
     num_warps_states: int = 4
-    num_warps_output: int = 4
+    num_warps_output: int = 0
     num_stages: int = 2
+
+    def output_warps(self, chunk_size: int) -> int:
+        return self.num_warps_output or 8
 
 
 @triton.jit
@@ -219,6 +225,6 @@ def chunk_output_fwd(
     _fwd_output_kernel[(NC, BH)](
         q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=config.num_warps_output, num_stages=config.num_stages,
+        num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
     )  # fmt: skip
     return h, m_pos, den
