@@ -1,0 +1,102 @@
+"""The Triton kernels on a GPU at xLSTM 7B head dims (DQK 256, DV 512) against float64 references:
+bfloat16 within 1e-2, float32 within 1e-5 (outputs, final state, every gradient). Needs CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import rel_err
+from xlstm_edge.mlstm import mlstm_chunkwise, mlstm_step
+from xlstm_edge.slstm import slstm_scan
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+TOL = {torch.bfloat16: 1e-2, torch.float32: 1e-5}
+DEV = "cuda"
+
+
+def _report(label, errs, tol):
+    print(f"\n{label}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items()))
+    return {k: v for k, v in errs.items() if not v <= tol}
+
+
+@pytest.mark.parametrize("chunk_size", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunkwise_7b_heads(seed, dtype, chunk_size):
+    from xlstm_edge.kernels.mlstm_chunkwise import mlstm_chunkwise_triton
+
+    B, NH, S, DQK, DV = 1, 2, 333, 256, 512
+    q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
+    v = torch.randn(B, NH, S, DV, device=DEV).to(dtype)
+    i = torch.randn(B, NH, S, device=DEV)
+    f = torch.randn(B, NH, S, device=DEV) + 3
+    state = (
+        torch.randn(B, NH, DQK, DV, device=DEV),
+        torch.randn(B, NH, DQK, device=DEV),
+        torch.randn(B, NH, device=DEV),
+    )
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f, *state)]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    h, final = mlstm_chunkwise_triton(
+        *leaves[:5], state=tuple(leaves[5:]), chunk_size=chunk_size, return_state=True
+    )
+    h64, final64 = mlstm_chunkwise(*leaves64[:5], state=tuple(leaves64[5:]), chunk_size=64)
+    outs, outs64 = [h, *final], [h64, *final64]
+    grads = [torch.randn_like(o) for o in outs64]
+    torch.autograd.backward(outs, [g.to(o.dtype) for g, o in zip(grads, outs, strict=True)])
+    torch.autograd.backward(outs64, grads)
+    errs = {n: rel_err(a, b) for n, a, b in zip(("h", "C", "n", "m"), outs, outs64, strict=True)}
+    names = ("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
+    errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
+    bad = _report(f"chunkwise {dtype} L={chunk_size}", errs, TOL[dtype])
+    assert not bad, (seed, bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_step_7b_heads(seed, dtype):
+    from xlstm_edge.kernels.mlstm_recurrent import mlstm_step_triton
+
+    B, NH, DQK, DV = 2, 8, 256, 512
+    state = (
+        torch.randn(B, NH, DQK, DV, device=DEV),
+        torch.randn(B, NH, DQK, device=DEV),
+        torch.randn(B, NH, device=DEV),
+    )
+    state64 = tuple(t.double() for t in state)
+    errs = {}
+    for step in range(3):
+        q, k = (torch.randn(B, NH, DQK, device=DEV).to(dtype) for _ in range(2))
+        v = torch.randn(B, NH, DV, device=DEV).to(dtype)
+        i, f = torch.randn(B, NH, device=DEV), torch.randn(B, NH, device=DEV) + 3
+        h, state = mlstm_step_triton(q, k, v, i, f, state)
+        h64, state64 = mlstm_step(*(t.double() for t in (q, k, v, i, f)), state64)
+        errs[f"h{step}"] = rel_err(h, h64)
+        errs[f"C{step}"] = rel_err(state[0], state64[0])
+    bad = _report(f"step {dtype}", errs, TOL[dtype])
+    assert not bad, (seed, bad)
+
+
+@pytest.mark.parametrize("DH", [64, 96])
+def test_slstm_scan(seed, DH):
+    from xlstm_edge.kernels.slstm import slstm_scan_triton
+
+    B, S, NH = 3, 50, 4
+    wx = torch.randn(B, S, 4, NH, DH, device=DEV)
+    R = torch.randn(NH, DH, 4 * DH, device=DEV) / DH**0.5
+    y0, c0, n0, m0 = (torch.randn(B, NH, DH, device=DEV) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (wx, R, y0, c0, n0.abs() + 0.5, m0)]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    y, final = slstm_scan_triton(leaves[0], leaves[1], tuple(leaves[2:]))
+    y64, final64 = slstm_scan(leaves64[0], leaves64[1], tuple(leaves64[2:]))
+    outs, outs64 = [y, *final], [y64, *final64]
+    grads = [torch.randn_like(o) for o in outs64]
+    torch.autograd.backward(outs, [g.float() for g in grads])
+    torch.autograd.backward(outs64, grads)
+    errs = {f"out{j}": rel_err(a, b) for j, (a, b) in enumerate(zip(outs, outs64, strict=True))}
+    names = ("dwx", "dR", "dy0", "dc0", "dn0", "dm0")
+    errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
+    bad = _report(f"slstm DH={DH}", errs, 1e-5)
+    assert not bad, (seed, bad)
