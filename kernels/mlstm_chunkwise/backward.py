@@ -23,8 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common import dot_precision
-from .forward import ChunkwiseConfig, pick_blocks
+from ..common import dot_precision, pick_block
+from .forward import ChunkwiseConfig, pick_blocks, pick_state_launch
 
 
 @triton.jit
@@ -213,8 +213,6 @@ def output_grad_terms(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: fl
     """
     BH, S, DV = h.shape
     delta = torch.empty(BH, S, device=h.device, dtype=torch.float32)
-    from ..common import pick_block
-
     _bwd_delta_kernel[(triton.cdiv(S, 64), BH)](h, dh, delta, S, DV=DV, BT=64, BV=pick_block(DV))
     floor = torch.exp(-m_pos)
     norm = torch.maximum(den.abs(), floor) + eps
@@ -232,7 +230,7 @@ def chunk_states_bwd(
     BH, S, DQK = q.shape
     DV = dh.shape[-1]
     NC = ms.shape[1] - 1
-    BK, BV = pick_blocks(DQK, DV, config)
+    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, q.device)
     dev = q.device
     dCs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=q.dtype)
     dns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
@@ -242,7 +240,7 @@ def chunk_states_bwd(
     _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
         q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
-        DOT_PREC=dot_precision(q.dtype), num_warps=config.num_warps_states, num_stages=config.num_stages,
+        DOT_PREC=dot_precision(q.dtype), num_warps=warps, num_stages=config.num_stages,
     )  # fmt: skip
     return dCs, dns, dC0, dn0
 

@@ -22,25 +22,68 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ..common import dot_precision, pick_block
+
 
 @dataclass(frozen=True)
 class ChunkwiseConfig:
     """Tile sizes and launch settings (the chunk size itself is an argument of the op).
 
-    block_k / block_v: tiles of DQK / DV (0 = pick the largest of 64, 32, 16 that divides the dim).
-    num_warps_states: warps of the sequential state kernels; num_warps_output: warps of the
-    per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4 the backward one spills at
-    DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
+    block_k / block_v: DQK / DV tiles of the per-chunk kernels (0 = the largest of 64, 32, 16 that
+    divides the dim). block_k_states / block_v_states: tiles of the sequential state kernels (0 =
+    start at 64 x 128 and halve, down to 32, until there are >= 2 programs per multiprocessor:
+    long sequences at small batch otherwise leave most of the GPU idle in the state pass).
+    num_warps_states: warps of the state kernels (0 = 8 for 64 x 128 tiles and up, else 4);
+    num_warps_output: warps of the per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4
+    the backward one spills at DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
     """
 
     block_k: int = 0
     block_v: int = 0
-    num_warps_states: int = 4
+    block_k_states: int = 0
+    block_v_states: int = 0
+    num_warps_states: int = 0
     num_warps_output: int = 0
     num_stages: int = 2
 
     def output_warps(self, chunk_size: int) -> int:
         return self.num_warps_output or 8
+
+
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter: any grid will do
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def pick_blocks(dqk: int, dv: int, config: ChunkwiseConfig) -> tuple[int, int]:
+    """(BK, BV) of the per-chunk kernels: configured, or the largest of 64/32/16 dividing DQK / DV."""
+    bk = config.block_k or pick_block(dqk)
+    bv = config.block_v or pick_block(dv)
+    if dqk % bk or dv % bv:
+        raise ValueError(f"tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
+    return bk, bv
+
+
+def pick_state_launch(
+    bh: int, dqk: int, dv: int, config: ChunkwiseConfig, device: torch.device
+) -> tuple[int, int, int]:
+    """(BK, BV, num_warps) of the state kernels, whose grid is (DQK/BK, DV/BV, B*NH)."""
+    bk = config.block_k_states or pick_block(dqk, 64)
+    bv = config.block_v_states or pick_block(dv, 128)
+    if not (config.block_k_states and config.block_v_states):
+        target = 2 * _multiprocessors(device)
+        while bh * (dqk // bk) * (dv // bv) < target:
+            if not config.block_v_states and bv > 32:
+                bv //= 2
+            elif not config.block_k_states and bk > 32:
+                bk //= 2
+            else:
+                break
+    if dqk % bk or dv % bv:
+        raise ValueError(f"state tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
+    warps = config.num_warps_states or (8 if bk * bv >= 64 * 128 else 4)
+    return bk, bv, warps
 
 
 @triton.jit
@@ -166,17 +209,6 @@ def _fwd_output_kernel(
         )
 
 
-def pick_blocks(dqk: int, dv: int, config: ChunkwiseConfig) -> tuple[int, int]:
-    """(BK, BV): configured tiles, or the largest of 64/32/16 dividing DQK / DV."""
-    from ..common import pick_block
-
-    bk = config.block_k or pick_block(dqk)
-    bv = config.block_v or pick_block(dv)
-    if dqk % bk or dv % bv:
-        raise ValueError(f"tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
-    return bk, bv
-
-
 def chunk_states_fwd(
     k: Tensor, v: Tensor, lf: Tensor, ig: Tensor, init: tuple[Tensor, Tensor, Tensor] | None,
     chunk_size: int, config: ChunkwiseConfig,
@@ -186,12 +218,10 @@ def chunk_states_fwd(
     Returns Cs (BH,NC,DQK,DV) in k's dtype, ns (BH,NC,DQK), ms (BH,NC+1), final C (BH,DQK,DV) and
     final n (BH,DQK) in float32 (the final m is ms[:, NC]).
     """
-    from ..common import dot_precision
-
     BH, S, DQK = k.shape
     DV = v.shape[-1]
     NC = triton.cdiv(S, chunk_size)
-    BK, BV = pick_blocks(DQK, DV, config)
+    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, k.device)
     dev = k.device
     Cs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=k.dtype)
     ns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
@@ -203,7 +233,7 @@ def chunk_states_fwd(
     _fwd_states_kernel[grid](
         k, v, lf, ig, C0, n0, m0, Cs, ns, ms, Cf, nf, S, NC,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INIT=init is not None,
-        DOT_PREC=dot_precision(k.dtype), num_warps=config.num_warps_states, num_stages=config.num_stages,
+        DOT_PREC=dot_precision(k.dtype), num_warps=warps, num_stages=config.num_stages,
     )  # fmt: skip
     return Cs, ns, ms, Cf, nf
 
@@ -213,8 +243,6 @@ def chunk_output_fwd(
     chunk_size: int, eps: float, config: ChunkwiseConfig,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Level 2. Returns h (BH,S,DV) in q's dtype, m and den per position (BH,S) float32."""
-    from ..common import dot_precision
-
     BH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = Cs.shape[1]

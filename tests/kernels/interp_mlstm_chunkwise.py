@@ -76,7 +76,8 @@ def compare(op, inputs, state, chunk_size, return_state, config=None, reference=
 )
 def test_matches_float64(seed, S, chunk_size, with_state, return_state, tiles):
     B, NH, DQK, DV = 2, 2, 32, 48
-    config = ChunkwiseConfig(block_k=tiles[0], block_v=tiles[1])
+    bk, bv = tiles  # per-chunk kernels and state kernels alike (0 = automatic)
+    config = ChunkwiseConfig(block_k=bk, block_v=bv, block_k_states=bk, block_v_states=bv)
     state = make_state(B, NH, DQK, DV) if with_state else None
     errs = compare(
         mlstm_chunkwise_triton,
