@@ -233,6 +233,74 @@ def bench_slstm() -> dict:
     }
 
 
+def profile(shapes, S: int, variants: list[tuple[int, ChunkwiseConfig]], nxai) -> None:
+    """Per-kernel device time of one fwd+bwd step (torch.profiler, mean of 5 steps) for each variant."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    def breakdown(label, step):
+        for _ in range(3):
+            step()
+        torch.cuda.synchronize()
+        total = bench_ms(step)
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        times = {}
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if t:
+                times[ev.key] = times.get(ev.key, 0) + t / 5 / 1e3
+        top = sorted(times.items(), key=lambda kv: -kv[1])[:10]
+        print(f"PROFILE {label}: fwd+bwd {total:.2f} ms (do_bench); kernels sum {sum(times.values()):.2f} ms")
+        for name, ms in top:
+            print(f"    {ms:7.3f} ms  {name[:110]}")
+
+    for NH, DQK, DV in shapes:
+        for L, cfg in variants:
+            leaves = mlstm_inputs(NH, S, DQK, DV, True)
+            grad = torch.randn(TOKENS // S, NH, S, DV, device=DEV, dtype=torch.bfloat16)
+
+            def step(leaves=leaves, L=L, cfg=cfg, grad=grad):
+                for t in leaves:
+                    t.grad = None
+                mlstm_chunkwise_triton(*leaves, chunk_size=L, config=cfg)[0].backward(grad)
+
+            try:
+                breakdown(f"ours NH{NH} {DQK}/{DV} S{S} L{L} {asdict(cfg)}", step)
+            except Exception as err:  # a variant that fails to compile is reported, not fatal
+                print(f"PROFILE ours L{L} {asdict(cfg)} failed: {type(err).__name__}: {str(err)[:200]}")
+                torch.cuda.empty_cache()
+            del leaves, grad
+        if nxai is not None:
+            leaves = mlstm_inputs(NH, S, DQK, DV, True)
+            grad = torch.randn(TOKENS // S, NH, S, DV, device=DEV, dtype=torch.bfloat16)
+
+            def step_nx(leaves=leaves, grad=grad):
+                for t in leaves:
+                    t.grad = None
+                nxai(*leaves, chunk_size=64).backward(grad)
+
+            breakdown(f"NX-AI NH{NH} {DQK}/{DV} S{S}", step_nx)
+            del leaves, grad
+
+
+PROFILE_VARIANTS = {
+    (8, 256, 512): [
+        (128, ChunkwiseConfig()),
+        (128, ChunkwiseConfig(block_v=128)),
+        (128, ChunkwiseConfig(block_k_states=128, block_v_states=128)),
+        (64, ChunkwiseConfig(block_v=128)),
+    ],
+    (16, 128, 128): [
+        (64, ChunkwiseConfig(block_v=128)),
+        (64, ChunkwiseConfig(block_v=128, block_k=128)),
+        (128, ChunkwiseConfig(block_v=128)),
+    ],
+}
+
+
 def fmt(x, nd=2):
     return "-" if x is None else f"{x:.{nd}f}"
 
@@ -264,10 +332,19 @@ def main() -> None:
     ap.add_argument("--seqs", default="2048,8192,32768")
     ap.add_argument("--sweep-seq", type=int, default=8192, help="S at which configs are compared")
     ap.add_argument("--warm", type=int, default=None, help="only compile candidate N, then exit")
+    ap.add_argument(
+        "--profile", action="store_true", help="per-kernel breakdown of PROFILE_VARIANTS, then exit"
+    )
     args = ap.parse_args()
     shapes = [tuple(int(x) for x in s.split("x")) for s in args.shapes.split(",")]
     if args.warm is not None:
         warm(args.warm, shapes)
+        return
+    if args.profile:
+        nxai, note = nxai_kernel()
+        print(note or "NX-AI kernel loaded", flush=True)
+        for shape in shapes:
+            profile([shape], args.sweep_seq, PROFILE_VARIANTS.get(shape, CANDIDATES), nxai)
         return
     seqs = [int(s) for s in args.seqs.split(",")]
     torch.manual_seed(0)

@@ -1,5 +1,7 @@
-"""The Triton kernels on a GPU at xLSTM 7B head dims (DQK 256, DV 512) against float64 references:
-bfloat16 within 1e-2, float32 within 1e-5 (outputs, final state, every gradient). Needs CUDA."""
+"""The Triton kernels on a GPU against float64 references: bfloat16 within 1e-2, float32 within 1e-5
+(outputs, final state, every gradient). xLSTM 7B head dims (DQK 256, DV 512), the benchmark's 128/128,
+the `small` preset's 96/192 and the demo model's training shape (B 64, NH 2, S 256, DQK 32, DV 64).
+Needs CUDA."""
 
 from __future__ import annotations
 
@@ -52,6 +54,38 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size):
     names = ("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
     errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
     bad = _report(f"chunkwise {dtype} L={chunk_size}", errs, TOL[dtype])
+    assert not bad, (seed, bad)
+
+
+@pytest.mark.parametrize(
+    "B,NH,S,DQK,DV",
+    [
+        (64, 2, 256, 32, 64),  # the demo model in training (crashed the backward once: illegal address)
+        (2, 4, 300, 96, 192),  # the `small` preset's heads, a padded last chunk
+        (2, 4, 200, 128, 128),  # the benchmark's second head shape
+    ],
+)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_chunkwise_model_shapes(seed, dtype, B, NH, S, DQK, DV):
+    """No initial state, no final-state gradient: the training path (as the model calls the kernel)."""
+    from xlstm_edge.kernels.mlstm_chunkwise import mlstm_chunkwise_triton
+
+    q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
+    v = torch.randn(B, NH, S, DV, device=DEV).to(dtype)
+    i = torch.randn(B, NH, S, device=DEV)
+    f = torch.randn(B, NH, S, device=DEV) + 3
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    h, _ = mlstm_chunkwise_triton(*leaves, chunk_size=64, return_state=True)
+    h64, _ = mlstm_chunkwise(*leaves64, chunk_size=64)
+    grad = torch.randn_like(h64)
+    h.backward(grad.to(h.dtype))
+    h64.backward(grad)
+    torch.cuda.synchronize()
+    errs = {"h": rel_err(h, h64)}
+    names = ("dq", "dk", "dv", "di", "df")
+    errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
+    bad = _report(f"chunkwise {dtype} B{B} NH{NH} S{S} {DQK}/{DV} L=64", errs, TOL[dtype])
     assert not bad, (seed, bad)
 
 
