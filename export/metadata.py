@@ -97,7 +97,8 @@ class GraphEntry:
     """One callable graph. ``file`` is relative to the package; ``method`` the ExecuTorch method name
     (for ONNX the graph name, equal to the key). ``tokens_per_call`` is 1 for step and the fixed T
     for prefill; ``valid_length_input`` names the prefill's valid-length input (None for step);
-    ``chunk_size`` is the chunkwise form's inner chunk (prefill only)."""
+    ``chunk_size`` is the chunkwise form's inner chunk (prefill only); ``data_file`` the external
+    weights file the graph reads (ONNX graphs of one package share one), None when self-contained."""
 
     file: str
     method: str
@@ -106,6 +107,7 @@ class GraphEntry:
     tokens_per_call: int
     valid_length_input: str | None = None
     chunk_size: int | None = None
+    data_file: str | None = None
 
 
 @dataclass
@@ -119,6 +121,9 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    # where the weights came from: {"checkpoint": absolute path, "weights_sha256": ...} (or None for an
+    # in-memory model); ``xlstm-edge quantize`` re-reads the float32 weights from there
+    source: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -139,7 +144,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         order = ["format", "format_version", "backend", "created", "model", "tokenizer", "state", "graphs",
-                 "quantization", "parity", "tools"]
+                 "quantization", "parity", "tools", "source"]
         return {k: d[k] for k in order}
 
     @classmethod
@@ -181,6 +186,7 @@ class Manifest:
                 parity=dict(raw.get("parity") or {}),
                 tools=dict(raw.get("tools") or {}),
                 created=raw.get("created", ""),
+                source=raw.get("source"),
                 format=raw["format"],
                 format_version=raw["format_version"],
             )
@@ -253,6 +259,7 @@ def validate_manifest(manifest: Manifest, package_dir: str | os.PathLike | None 
     if package_dir is not None:
         root = Path(package_dir)
         files = {g.file for g in m.graphs.values()} | {m.tokenizer.file}
+        files |= {g.data_file for g in m.graphs.values() if g.data_file}
         for name in sorted(files):
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ManifestError(f"manifest names a file outside the package: {name!r}")
@@ -261,6 +268,12 @@ def validate_manifest(manifest: Manifest, package_dir: str | os.PathLike | None 
 
 
 # ---- file I/O -----------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_manifest(manifest: Manifest, package_dir: str | os.PathLike) -> Path:
     """Validate (without the file checks) and write ``package_dir/xlstm_edge.json`` atomically."""
     validate_manifest(manifest)
@@ -272,6 +285,7 @@ def write_manifest(manifest: Manifest, package_dir: str | os.PathLike) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(manifest.to_dict(), fh, indent=2)
             fh.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would stay on the finished file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

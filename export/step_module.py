@@ -16,7 +16,7 @@ from xlstm_edge.model import xLSTMForCausalLM
 from xlstm_edge.state import State, state_spec
 
 from .graph_model import ExportLM, check_supported
-from .metadata import INPUT_IDS, LOGITS, VALID_LENGTH
+from .metadata import BATCH, INPUT_IDS, LOGITS, VALID_LENGTH, GraphEntry, TensorEntry, state_entries
 
 
 def _unflatten(config, flat: tuple[Tensor, ...]) -> State:
@@ -111,3 +111,27 @@ def example_inputs(
     if prefill:
         return (ids, torch.full((batch,), tokens, dtype=torch.int64), *state)
     return (ids, *state)
+
+
+def graph_entry(
+    model: xLSTMForCausalLM, method: str, tokens_per_call: int, file: str, batch: int | str = BATCH
+) -> GraphEntry:
+    """The manifest entry of a ``method`` graph ("step" | "prefill") with this package's I/O contract;
+    ``batch`` is "batch" for a dynamic batch dim or the fixed batch size."""
+    prefill = method == "prefill"
+    entries = state_entries(model.config)
+    inputs = [TensorEntry(INPUT_IDS, [batch, tokens_per_call], "int64")]
+    if prefill:
+        inputs.append(TensorEntry(VALID_LENGTH, [batch], "int64"))
+    inputs += [TensorEntry(e.input, [batch, *e.shape[1:]], e.dtype) for e in entries]
+    outputs = [TensorEntry(LOGITS, [batch, model.config.vocab_size], "float32")]
+    outputs += [TensorEntry(e.output, [batch, *e.shape[1:]], e.dtype) for e in entries]
+    return GraphEntry(
+        file=file,
+        method=method,
+        inputs=inputs,
+        outputs=outputs,
+        tokens_per_call=tokens_per_call,
+        valid_length_input=VALID_LENGTH if prefill else None,
+        chunk_size=prefill_chunk_size(model, tokens_per_call) if prefill else None,
+    )

@@ -39,3 +39,21 @@ def randomize_(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
         for p in model.parameters():
             p.add_(torch.randn_like(p) * scale * (p.std() if p.numel() > 1 and p.std() > 0 else 1.0))
     return model
+
+
+@pytest.fixture(scope="session")
+def exported_packages(tmp_path_factory) -> dict[str, object]:
+    """{"model": the eager model, "onnxruntime": dir, "executorch": dir}: one tiny-ms model (an sLSTM block
+    between mLSTM blocks, perturbed weights) exported to both formats, each parity-checked at export.
+    Session-wide: exporting costs about a minute per format on 2 cores."""
+    from xlstm_edge.export import export_package
+
+    from xlstm_edge import xLSTMConfig, xLSTMForCausalLM
+
+    torch.manual_seed(1234)
+    model = randomize_(xLSTMForCausalLM(xLSTMConfig.from_preset("tiny-ms"))).eval()
+    root = tmp_path_factory.mktemp("packages")
+    out: dict[str, object] = {"model": model}
+    for fmt, backend in (("onnx", "onnxruntime"), ("executorch", "executorch")):
+        out[backend] = export_package(model, root / fmt, fmt).out_dir
+    return out

@@ -573,3 +573,15 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def weights_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 over a checkpoint directory's ``*.safetensors`` files, in name order (identifies the weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(Path(path).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()

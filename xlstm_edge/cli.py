@@ -35,7 +35,11 @@ USER_ERRORS: list[str] = [
     "xlstm_edge.tokenizer:TokenizerError",
     "xlstm_edge.runtime.errors:RuntimeInputError",
     "xlstm_edge.export.metadata:ManifestError",
+    "xlstm_edge.export.package:ExportError",
 ]
+# third-party loggers that warn about things a user cannot act on (torchao's optional CUDA extensions on a
+# CPU machine, torch's pytree deprecation notes, the ONNX exporter's missing torchvision ops)
+QUIET_LOGGERS: list[str] = ["torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"]
 BUILD_MEMORY_FACTOR = 2  # building a float32 model and serializing it to safetensors holds ~2 copies
 
 
@@ -122,6 +126,10 @@ def main() -> None:
       xlstm-edge info models/tiny
       xlstm-edge info --preset 7b --json
     """
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # ---- shared helpers ------------------------------------------------------------------------------
@@ -284,6 +292,10 @@ def info_cmd(ckpt: Path | None, preset: str | None, as_json: bool) -> None:
       xlstm-edge info models/tiny
       xlstm-edge info --preset 7b --json
     """
+    import logging
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
     if (ckpt is None) == (preset is None):
         raise click.UsageError("give either a checkpoint path or --preset NAME")
     d = describe(ckpt, preset)

@@ -1,0 +1,82 @@
+"""One weights file for all of a package's ONNX graphs.
+
+The step and prefill graphs hold the same weights (the exporter names them differently after
+constant folding, but the bytes are equal). ``share_weights`` moves every initializer of at least
+``MIN_EXTERNAL_BYTES`` into one external-data file, storing each distinct tensor (by dtype, shape and
+content) once, so a package holds its weights once instead of once per graph. Tensors are read one
+at a time (from the proto or from the exporter's own external file), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+DATA_NAME = "weights.bin"
+MIN_EXTERNAL_BYTES = 1024
+ALIGN = 64  # offsets aligned for mmap-friendly reads
+
+
+def _tensor_bytes(tensor, base: Path) -> bytes:
+    """The raw bytes of an initializer, inline or external."""
+    from onnx.onnx_pb import TensorProto
+
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return tensor.raw_data
+    info = {e.key: e.value for e in tensor.external_data}
+    with open(base / info["location"], "rb") as fh:
+        fh.seek(int(info.get("offset", 0)))
+        length = info.get("length")
+        return fh.read(int(length)) if length is not None else fh.read()
+
+
+def share_weights(paths: list[Path], data_name: str = DATA_NAME) -> dict[str, int]:
+    """Rewrite the ONNX files ``paths`` (all in one directory) to keep their large initializers in
+    ``data_name`` beside them, each distinct tensor once; delete the exporter's own data files.
+
+    Initializers stored as typed fields (float_data...) rather than raw bytes stay inline.
+    Returns {"tensors": written, "shared": references resolved to an existing tensor, "bytes": file size}.
+    """
+    import onnx
+    from onnx.onnx_pb import TensorProto
+
+    base = paths[0].parent
+    if any(p.parent != base for p in paths):
+        raise ValueError("graphs sharing a weights file must be in one directory")
+    data_path = base / data_name
+    offsets: dict[tuple, tuple[int, int]] = {}
+    old_files: set[Path] = set()
+    written = shared = 0
+    with open(data_path, "wb") as data:
+        for path in paths:
+            model = onnx.load(str(path), load_external_data=False)
+            for tensor in model.graph.initializer:
+                if tensor.data_location == TensorProto.EXTERNAL:
+                    old_files.add(base / {e.key: e.value for e in tensor.external_data}["location"])
+                elif not tensor.HasField("raw_data") or len(tensor.raw_data) < MIN_EXTERNAL_BYTES:
+                    continue
+                raw = _tensor_bytes(tensor, base)
+                key = (tensor.data_type, tuple(tensor.dims), hashlib.sha256(raw).digest())
+                if key in offsets:
+                    shared += 1
+                else:
+                    pad = -data.tell() % ALIGN
+                    data.write(b"\0" * pad)
+                    offsets[key] = (data.tell(), len(raw))
+                    data.write(raw)
+                    written += 1
+                offset, length = offsets[key]
+                tensor.ClearField("raw_data")
+                del tensor.external_data[:]
+                for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(length))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = k, v
+                tensor.data_location = TensorProto.EXTERNAL
+            tmp = path.with_name(f".{path.name}.tmp")
+            onnx.save(model, str(tmp))
+            os.replace(tmp, path)
+        size = data.tell()
+    for f in old_files - {data_path}:
+        f.unlink(missing_ok=True)
+    return {"tensors": written, "shared": shared, "bytes": size}

@@ -1,0 +1,104 @@
+"""ExecuTorch: one ``model.pte`` with methods ``step`` and ``prefill``, lowered to XNNPACK.
+
+``torch.export`` each method, ``to_edge_transform_and_lower`` with the XNNPACK partitioner on the
+dict of programs (one multi-method program), ``to_executorch``. The batch dim is static (default
+1): a dynamic one made lowering several times slower here for no gain on a device that streams
+one conversation; the manifest names the fixed batch in each graph's input shapes.
+Outputs of a loaded method alias memory that the next call overwrites: runners must copy them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from xlstm_edge.model import xLSTMForCausalLM
+
+from .metadata import GraphEntry
+from .step_module import PrefillModule, StepModule, example_inputs, graph_entry
+
+PTE_NAME = "model.pte"
+
+
+def export_programs(
+    model: xLSTMForCausalLM, tokens_per_call: int, batch: int = 1
+) -> dict[str, torch.export.ExportedProgram]:
+    """{"step": program, "prefill": program} for a fixed ``batch``."""
+    programs = {}
+    for method, module, T in (
+        ("step", StepModule(model), 1),
+        ("prefill", PrefillModule(model, tokens_per_call), tokens_per_call),
+    ):
+        args = example_inputs(model, batch, T, method == "prefill")
+        with torch.no_grad():
+            programs[method] = torch.export.export(module, args, strict=False)
+    return programs
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ExecuTorch's lowering prints warnings and info lines by the hundred; keep the console readable."""
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def lower_to_pte(programs: dict[str, torch.export.ExportedProgram], path: Path) -> dict[str, int]:
+    """Lower the programs to XNNPACK and write one ``.pte``; returns {method: delegate calls}."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    with _quiet():
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+        delegates = {
+            name: sum(1 for n in edge.exported_program(name).graph.nodes if "call_delegate" in str(n.target))
+            for name in programs
+        }
+        et_program = edge.to_executorch()
+    with open(path, "wb") as fh:
+        et_program.write_to_file(fh)
+    return delegates
+
+
+def export_executorch(
+    model: xLSTMForCausalLM, tokens_per_call: int, out_dir: Path, batch: int = 1
+) -> tuple[dict[str, GraphEntry], dict[str, int]]:
+    """Write ``out_dir/model.pte``; return the manifest's graph entries and the delegate counts."""
+    delegates = lower_to_pte(export_programs(model, tokens_per_call, batch), out_dir / PTE_NAME)
+    graphs = {
+        "step": graph_entry(model, "step", 1, PTE_NAME, batch=batch),
+        "prefill": graph_entry(model, "prefill", tokens_per_call, PTE_NAME, batch=batch),
+    }
+    return graphs, delegates
+
+
+class ExecuTorchRunner:
+    """Runs a package's methods with ``executorch.runtime``: ``run(method, inputs) -> outputs``.
+
+    Outputs are cloned: they alias planned memory that the next call overwrites.
+    """
+
+    def __init__(self, package_dir: Path, graphs: dict[str, GraphEntry]):
+        from executorch.runtime import Runtime
+
+        files = {g.file for g in graphs.values()}
+        if len(files) != 1:
+            raise ValueError(f"an ExecuTorch package has one .pte, the manifest names {sorted(files)}")
+        with _quiet():
+            self.program = Runtime.get().load_program(str(package_dir / files.pop()))
+            self.methods = {name: self.program.load_method(g.method) for name, g in graphs.items()}
+
+    def run(self, method: str, inputs: list[Tensor]) -> list[Tensor]:
+        outs = self.methods[method].execute([t.contiguous() for t in inputs])
+        return [o.clone() for o in outs]
