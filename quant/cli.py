@@ -1,0 +1,108 @@
+"""``xlstm-edge quantize PACKAGE --scheme SCHEME OUT``: an int8 package from a float32 one, with a quality report.
+
+Plugged into ``xlstm_edge.cli`` lazily (``COMMANDS``); the work is in ``package.quantize_package``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .handler import EMBEDDINGS, SCHEMES
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def format_report(report: dict[str, Any], scheme: str) -> str:
+    """The quality report as a table (float32 | int8 | change), then the gate's verdict."""
+    ev, gr, size, gate = report["eval"], report["greedy"], report["size"], report["gate"]
+    rows = [
+        ("metric", "float32", scheme, "change"),
+        (f"perplexity ({ev['tokens']} held-out tokens)", f"{ev['ppl_fp32']:.4f}", f"{ev['ppl_int8']:.4f}",
+         f"{100 * ev['ppl_increase']:+.2f}%"),
+        ("KL(fp32 || int8), nats/token (mean / max)", "", f"{ev['kl_mean']:.2e} / {ev['kl_max']:.2e}", ""),
+        ("top-1 agreement on held-out text", "", f"{100 * ev['top1_agreement']:.1f}%", ""),
+        (f"greedy agreement ({gr['generated_tokens']} tokens, graph)", "", f"{100 * gr['agreement']:.1f}%", ""),
+        ("package size", _mib(size["fp32_bytes"]), _mib(size["int8_bytes"]), f"{size['ratio']:.2f}x"),
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    verdict = "passed" if gate["passed"] else ("MISSED (allowed by --allow-quality-loss)" if gate["allowed_loss"]
+                                              else "MISSED")
+    lines.append(f"quality gate (perplexity <= {100 * gate['max_ppl_increase']:+.1f}%, greedy agreement >= "
+                 f"{100 * gate['min_greedy_agreement']:.0f}%): {verdict}")
+    lines.append(f"eval text: {ev['source']}")
+    return "\n".join(lines)
+
+
+@click.command("quantize")
+@click.argument("package", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--scheme", required=True, help=f"Quantization scheme: {', '.join(SCHEMES)}.")
+@click.option("--embedding", default="fp32", show_default=True, help=f"Input embedding table: {', '.join(EMBEDDINGS)}.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="The float32 checkpoint PACKAGE was exported from (default: the one its manifest records); "
+                   "its weights are re-exported in int8.")
+@click.option("--eval-text", type=click.Path(path_type=Path),
+              help="Text for perplexity / KL (default: the embedded corpus's held-out split).")
+@click.option("--calibration-text", type=click.Path(path_type=Path),
+              help="Text whose first tokens prompt the greedy run and parity check (default: the eval text). "
+                   "Neither scheme needs calibrated ranges: weights use their own, activations are set per token.")
+@click.option("--eval-tokens", type=click.IntRange(64), default=2048, show_default=True,
+              help="Held-out tokens for perplexity and KL.")
+@click.option("--greedy-tokens", type=click.IntRange(1), default=256, show_default=True,
+              help="Tokens float32 generates greedily for the agreement check.")
+@click.option("--max-ppl-increase", type=float, default=0.01, show_default=True,
+              help="Quality gate: largest relative perplexity increase.")
+@click.option("--min-greedy-agreement", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+              help="Quality gate: smallest greedy agreement.")
+@click.option("--allow-quality-loss", is_flag=True, help="Write the package even if the quality gate is missed.")
+@click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="CPU threads.")
+def quantize_cmd(package: Path, out: Path, scheme: str, embedding: str, checkpoint: Path | None,
+                 eval_text: Path | None, calibration_text: Path | None, eval_tokens: int, greedy_tokens: int,
+                 max_ppl_increase: float, min_greedy_agreement: float, allow_quality_loss: bool,
+                 threads: int) -> None:
+    """Quantize the float32 package PACKAGE to int8 into OUT.
+
+    Every int8 graph is checked against the same quantization in eager PyTorch before OUT is written.
+    The quality report (perplexity, KL divergence, greedy agreement, size) is printed and stored in
+    OUT's manifest. Exits non-zero, writing nothing, if the quality gate is missed (unless
+    --allow-quality-loss).
+
+    \b
+    Schemes:
+      int8-weight   int8 weights per output channel, float32 activations (onnxruntime only)
+      int8-dynamic  int8 weights, activations quantized per token at run time
+    Gates, the stabilizer, norms and the recurrent state stay float32 in both.
+
+    \b
+    Example:
+      xlstm-edge quantize pkg/ --scheme int8-dynamic pkg-int8/
+      xlstm-edge quantize pkg/ --scheme int8-dynamic --embedding int8 pkg-int8-emb/
+    """
+    from xlstm_edge.export.metadata import ManifestError
+
+    from .handler import QuantizationError
+    from .package import QuantizeOptions, quantize_package
+    from .quality import EvalTextError
+
+    opts = QuantizeOptions(
+        scheme=scheme, embedding=embedding, checkpoint=checkpoint, eval_text=eval_text,
+        calibration_text=calibration_text, allow_quality_loss=allow_quality_loss, eval_tokens=eval_tokens,
+        greedy_tokens=greedy_tokens, max_ppl_increase=max_ppl_increase,
+        min_greedy_agreement=min_greedy_agreement, num_threads=threads,
+    )
+    try:
+        result = quantize_package(package, out, opts, log=lambda msg: click.echo(msg, err=True))
+    except (QuantizationError, EvalTextError, ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(format_report(result.report, scheme))
+    if result.out is None:
+        raise click.ClickException(f"quality gate missed: nothing written to {out} (--allow-quality-loss writes it)")
+    click.echo(f"wrote {result.out}")

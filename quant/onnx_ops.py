@@ -1,0 +1,73 @@
+"""ONNX translations of the custom ops in ``ops`` (for ``torch.onnx.export(custom_translation_table=...)``).
+
+linear_w8   MatMul(x, Cast(Transpose(W)) * scales): ONNX Runtime folds the constant product at session
+            load, so the weights are float32 in memory (a 4x smaller file, float32 speed). Its faster
+            route for DequantizeLinear weights (a MatMulNBits fusion at accuracy level 4) quantizes the
+            activations too, which is int8-dynamic by another name, so it is not used here.
+linear_a8w8 per-token asymmetric uint8 activations (``primitives.quantize_per_token``, op for op),
+            MatMulInteger(uint8 x, uint8 W^T + 128, zero points 0 and 128) -> int32, minus
+            zero_point * column sums of W (ONNX Runtime's MatMulInteger takes only a scalar zero point
+            for x), then * x_scale * scales. Same integers as the eager reference, so the two agree to
+            float32 rounding.
+            The weight is uint8 with zero point 128, not int8: on CPUs without VNNI (AVX2 only, as the
+            machine this was written on) ONNX Runtime's uint8 x int8 kernel sums pairs of products in
+            int16 with saturation (255 * 127 * 2 > 32767) and returns wrong integers with no error;
+            the uint8 x uint8 kernel is exact and as fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+import torch
+from onnxscript import FLOAT, INT32, UINT8
+from onnxscript import opset20 as op
+
+from .primitives import ACT_LEVELS, SCALE_EPS
+
+
+def _u8(value: int):
+    return onnx.helper.make_tensor("zp", onnx.TensorProto.UINT8, [], [value])
+
+
+def _i32(value: int):
+    return onnx.helper.make_tensor("c", onnx.TensorProto.INT32, [], [value])
+
+
+def _const(value: float):
+    return op.Constant(value_float=float(value))
+
+
+def onnx_linear_w8(x, weight, scales, bias=None):
+    """x (..., K) float, weight (N, K) int8, scales (N,) -> (..., N)."""
+    w = op.Mul(op.Cast(op.Transpose(weight, perm=[1, 0]), to=FLOAT.dtype), scales)  # (K, N)
+    y = op.MatMul(x, w)
+    return y if bias is None else op.Add(y, bias)
+
+
+def onnx_linear_a8w8(x, weight, scales, bias=None):
+    """x (..., K) float, weight (N, K) int8, scales (N,) -> (..., N); activations quantized per token."""
+    zero = _const(0.0)
+    lo = op.Min(op.ReduceMin(x, op.Constant(value_ints=[-1]), keepdims=1), zero)  # (..., 1)
+    hi = op.Max(op.ReduceMax(x, op.Constant(value_ints=[-1]), keepdims=1), zero)
+    x_scale = op.Max(op.Div(op.Sub(hi, lo), _const(ACT_LEVELS)), _const(SCALE_EPS))  # (..., 1)
+    zp = op.Clip(op.Neg(op.Round(op.Div(lo, x_scale))), zero, _const(ACT_LEVELS))  # (..., 1) in [0, 255]
+    q = op.Cast(op.Clip(op.Add(op.Round(op.Div(x, x_scale)), zp), zero, _const(ACT_LEVELS)), to=UINT8.dtype)
+    w_t = op.Transpose(weight, perm=[1, 0])  # (K, N) int8
+    w_u8 = op.Cast(op.Add(op.Cast(w_t, to=INT32.dtype), op.Constant(value=_i32(128))), to=UINT8.dtype)
+    acc = op.MatMulInteger(q, w_u8, op.Constant(value=_u8(0)), op.Constant(value=_u8(128)))  # (..., N) int32
+    col_sum = op.ReduceSum(op.Cast(w_t, to=INT32.dtype), op.Constant(value_ints=[0]), keepdims=0)  # (N,)
+    acc = op.Sub(acc, op.Mul(op.Cast(zp, to=INT32.dtype), col_sum))
+    y = op.Mul(op.Mul(op.Cast(acc, to=FLOAT.dtype), x_scale), scales)
+    return y if bias is None else op.Add(y, bias)
+
+
+def translation_table() -> dict[Callable, Callable]:
+    """{custom op overload: ONNX translation} for ``torch.onnx.export(..., custom_translation_table=...)``."""
+    from . import ops  # noqa: F401  (registers the ops)
+
+    return {
+        torch.ops.xlstm_quant.linear_w8.default: onnx_linear_w8,
+        torch.ops.xlstm_quant.linear_a8w8.default: onnx_linear_a8w8,
+    }

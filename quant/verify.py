@@ -1,0 +1,140 @@
+"""Parity of a quantized graph against eager PyTorch: the same quantization (tight) and float32 (loose).
+
+A graph runner is anything with ``run(inputs: list[Tensor]) -> list[Tensor]`` in the package
+contract's positional order (``OrtGraph``, ``PteMethod``, or ``EagerGraph`` around a module).
+``step_parity`` feeds a token sequence one token at a time, outputs fed back as inputs (the
+graph reading the reference's state for the tight check, its own for drift). ``prefill_parity``
+compares one prefill call from a random state, one row with a short valid length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+from xlstm_edge.export.step_module import PrefillModule, StepModule, random_state
+
+from .handler import QuantizationError
+
+# Graph vs the same quantization in eager PyTorch. Both compute the same integers, but their float32
+# inputs to a quantizer differ by rounding noise (another summation order; XNNPACK computes the
+# activation parameters itself), so now and then a value on a rounding boundary lands one int8
+# level apart: a step with a relative error of ~1e-3 among steps that agree to ~1e-7. Hence two
+# bounds: the typical (median) call must agree to float32 noise, the worst call to one such flip.
+TIGHT_MEDIAN_REL_ERR = 1e-4
+TIGHT_MAX_REL_ERR = 2e-2
+
+
+class EagerGraph:
+    """An eager step / prefill module with the graphs' calling convention."""
+
+    def __init__(self, model: nn.Module, method: str, tokens_per_call: int = 1):
+        self.module = StepModule(model) if method == "step" else PrefillModule(model, tokens_per_call)
+
+    @torch.no_grad()
+    def run(self, inputs: list[Tensor]) -> list[Tensor]:
+        return list(self.module(*inputs))
+
+
+def _rel(a: Tensor, ref: Tensor) -> float:
+    ref = ref.double()
+    return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+@dataclass
+class Parity:
+    """Worst norm-wise relative errors over the compared calls, and the argmax agreement of logits."""
+
+    logits_rel_err: float
+    state_rel_err: float
+    median_rel_err: float  # median over calls of max(logits, state) error
+    argmax_agreement: float
+    calls: int
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.logits, self.state, self.agree, self.rows = 0.0, 0.0, 0, 0
+        self.per_call: list[float] = []
+
+    def add(self, out: list[Tensor], ref: list[Tensor]) -> None:
+        logits = _rel(out[0], ref[0])
+        state = max(_rel(o, r) for o, r in zip(out[1:], ref[1:], strict=True))
+        self.logits, self.state = max(self.logits, logits), max(self.state, state)
+        self.per_call.append(max(logits, state))
+        self.agree += int((out[0].argmax(-1) == ref[0].argmax(-1)).sum())
+        self.rows += out[0].shape[0]
+
+    def result(self) -> Parity:
+        median = float(torch.tensor(self.per_call).median()) if self.per_call else 0.0
+        return Parity(self.logits, self.state, median, self.agree / max(self.rows, 1), len(self.per_call))
+
+
+def step_parity(graph, references: dict[str, object], ids: Tensor, state: list[Tensor],
+                shared_state: bool = True) -> dict[str, Parity]:
+    """Feed ids (B, N) one token at a time through ``graph`` and each reference runner from ``state``
+    (flat, spec order). Returns {reference name: Parity}.
+
+    shared_state=True: every call of the graph and of reference R reads R's own state, so each
+    comparison is one step of computation at a state the model reached (the tight check: an int8
+    rounding that flips on float32 noise cannot snowball). False: each carries its own state (drift).
+    """
+    states = {"graph": list(state), **{name: list(state) for name in references}}
+    trackers = {name: _Tracker() for name in references}
+    for t in range(ids.shape[1]):
+        tok = ids[:, t : t + 1].contiguous()
+        out = None if shared_state else graph.run([tok, *states["graph"]])
+        for name, ref_runner in references.items():
+            ref = ref_runner.run([tok, *states[name]])
+            got = graph.run([tok, *states[name]]) if shared_state else out
+            states[name] = ref[1:]
+            trackers[name].add(got, ref)
+        if out is not None:
+            states["graph"] = out[1:]
+    return {name: tr.result() for name, tr in trackers.items()}
+
+
+def prefill_parity(graph, references: dict[str, object], model: nn.Module, tokens_per_call: int,
+                   batch: int = 2, valid_lengths: list[int] | None = None, calls: int = 1,
+                   generator: torch.Generator | None = None) -> dict[str, Parity]:
+    """``calls`` prefill calls on ``batch`` rows, each from a fresh random state.
+
+    ``valid_lengths``: one per row (cycled over the rows), default T for even rows and T // 2 + 1
+    for odd ones. Short valid lengths make a tight check possible on a long prefill: every one of
+    the T positions is still computed (and quantized), but the outputs depend on few tokens, so a
+    rounding flip between graph and reference (see ``TIGHT_MAX_REL_ERR``) rarely reaches them.
+    """
+    B, T = batch, tokens_per_call
+    lengths = valid_lengths or [T, T // 2 + 1]
+    trackers = {name: _Tracker() for name in references}
+    for _ in range(calls):
+        ids = torch.randint(0, model.config.vocab_size, (B, T), generator=generator)
+        valid = torch.tensor([min(lengths[b % len(lengths)], T) for b in range(B)], dtype=torch.int64)
+        inputs = [ids, valid, *random_state(model, B, generator)]
+        out = graph.run(inputs)
+        for name, ref_runner in references.items():
+            trackers[name].add(out, ref_runner.run(inputs))
+    return {name: tr.result() for name, tr in trackers.items()}
+
+
+def require_within(parity: Parity, bound: float, what: str) -> None:
+    """Raise ``QuantizationError`` when the worst relative error exceeds ``bound`` (NaN fails too)."""
+    worst = max(parity.logits_rel_err, parity.state_rel_err)
+    if not worst <= bound:
+        raise QuantizationError(f"{what} differs from the same quantization in eager PyTorch by {worst:.2e} "
+                                f"(relative; bound {bound:.0e}) over {parity.calls} calls")
+
+
+def require_tight(parity: Parity, what: str) -> None:
+    """Raise ``QuantizationError`` when a graph is not the same quantization as its eager reference."""
+    worst = max(parity.logits_rel_err, parity.state_rel_err)
+    if not (parity.median_rel_err <= TIGHT_MEDIAN_REL_ERR and worst <= TIGHT_MAX_REL_ERR):  # NaN fails too
+        raise QuantizationError(
+            f"{what} differs from the same quantization in eager PyTorch: relative error median "
+            f"{parity.median_rel_err:.2e} (bound {TIGHT_MEDIAN_REL_ERR:.0e}), worst {worst:.2e} "
+            f"(bound {TIGHT_MAX_REL_ERR:.0e}) over {parity.calls} calls"
+        )

@@ -1,0 +1,97 @@
+"""Fixtures of the quantization tests: small random models, their checkpoints, float32 packages
+(``export_package``) and the int8 packages made from them. Session-scoped: exporting and lowering
+are the slow part (ONNX ~10 s per graph, ExecuTorch ~20 s per program here).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import randomize_
+from xlstm_edge import xLSTMConfig, xLSTMForCausalLM
+
+PREFILL_TOKENS = 8
+# small enough to keep the whole quantization suite within a few minutes, large enough to be a
+# realistic check: the quality gate is that of the CLI only for trained models (see test_quality)
+EVAL_TOKENS, GREEDY_TOKENS = 256, 32
+
+
+def make_model(preset: str = "tiny", seed: int = 0, **overrides) -> xLSTMForCausalLM:
+    """A byte-level model with perturbed weights (no gate at its degenerate init), eval mode."""
+    torch.manual_seed(seed)
+    model = randomize_(xLSTMForCausalLM(xLSTMConfig.from_preset(preset, **overrides))).eval()
+    return model.requires_grad_(False)
+
+
+def ms_model(seed: int = 1234) -> xLSTMForCausalLM:
+    """An mLSTM block then an sLSTM block: every layer kind the plan decides about, kept small."""
+    return make_model("tiny-ms", seed, num_hidden_layers=2, hidden_size=32, chunk_size=8, slstm_at=[1])
+
+
+def one_block_model(seed: int = 0) -> xLSTMForCausalLM:
+    """The smallest model worth lowering to ExecuTorch (lowering time grows with the node count)."""
+    return make_model("tiny", seed, num_hidden_layers=1, hidden_size=32, chunk_size=8)
+
+
+def write_checkpoint(model: xLSTMForCausalLM, root: Path) -> Path:
+    from xlstm_edge.checkpoint import save_checkpoint
+    from xlstm_edge.tokenizer import byte_tokenizer
+
+    save_checkpoint(model, root, tokenizer=byte_tokenizer())
+    return root
+
+
+def write_float_package(model: xLSTMForCausalLM, root: Path, fmt: str, checkpoint: Path | None) -> Path:
+    """A float32 package of ``model`` for ``fmt`` ("onnx" | "executorch"), recording ``checkpoint``."""
+    from xlstm_edge.export import export_package
+
+    from xlstm_edge.checkpoint import weights_sha256
+
+    source = None if checkpoint is None else {"checkpoint": str(checkpoint.resolve()),
+                                              "weights_sha256": weights_sha256(checkpoint)}
+    export_package(model, root, fmt, prefill_tokens=PREFILL_TOKENS, parity_steps=8, source=source)
+    return root
+
+
+def quantize(package: Path, out: Path, scheme: str, **kw):
+    from xlstm_edge.quant.package import QuantizeOptions, quantize_package
+
+    opts = QuantizeOptions(scheme=scheme, eval_tokens=EVAL_TOKENS, greedy_tokens=GREEDY_TOKENS,
+                           allow_quality_loss=True, **kw)
+    return quantize_package(package, out, opts, log=lambda msg: None)
+
+
+class Built:
+    """A model with its checkpoint, float32 package and int8 packages ({(scheme, embedding): result})."""
+
+    def __init__(self, model: xLSTMForCausalLM, checkpoint: Path, package: Path):
+        self.model, self.checkpoint, self.package = model, checkpoint, package
+        self.int8: dict[tuple[str, str], object] = {}
+
+
+@pytest.fixture(scope="session")
+def ort_built(tmp_path_factory) -> Built:
+    """ONNX Runtime: float32 package of ``ms_model``; int8-weight (embedding fp32) and int8-dynamic
+    (embedding int8) packages."""
+    root = tmp_path_factory.mktemp("quant-ort")
+    model = ms_model()
+    ckpt = write_checkpoint(model, root / "ckpt")
+    built = Built(model, ckpt, write_float_package(model, root / "fp32", "onnx", ckpt))
+    for scheme, emb in (("int8-weight", "fp32"), ("int8-dynamic", "int8")):
+        built.int8[scheme, emb] = quantize(built.package, root / f"{scheme}-{emb}", scheme, embedding=emb)
+    return built
+
+
+@pytest.fixture(scope="session")
+def et_built(tmp_path_factory) -> Built:
+    """ExecuTorch: float32 package of ``one_block_model``; its int8-dynamic package (embedding int8)."""
+    root = tmp_path_factory.mktemp("quant-et")
+    model = one_block_model()
+    ckpt = write_checkpoint(model, root / "ckpt")
+    built = Built(model, ckpt, write_float_package(model, root / "fp32", "executorch", ckpt))
+    built.int8["int8-dynamic", "int8"] = quantize(built.package, root / "int8-dynamic-int8", "int8-dynamic",
+                                                  embedding="int8")
+    return built

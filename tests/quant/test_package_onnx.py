@@ -1,0 +1,156 @@
+"""ONNX Runtime int8 packages: graphs vs the same quantization in eager PyTorch (tight) and vs float32
+(quality), state float32 in the graph, the manifest, the runtime loading them, and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from xlstm_edge.export.metadata import read_manifest
+from xlstm_edge.export.step_module import random_state
+from xlstm_edge.quant.handler import QuantizationError, quantize_model
+from xlstm_edge.quant.onnx_backend import OrtGraph, inspect_graph
+from xlstm_edge.quant.quality import EvalTextError
+from xlstm_edge.quant.verify import (
+    TIGHT_MAX_REL_ERR,
+    EagerGraph,
+    prefill_parity,
+    require_tight,
+    require_within,
+    step_parity,
+)
+
+from tests.conftest import rel_err
+from tests.quant.conftest import EVAL_TOKENS, GREEDY_TOKENS, PREFILL_TOKENS, quantize
+
+CASES = [("int8-weight", "fp32"), ("int8-dynamic", "int8")]
+
+
+@pytest.mark.parametrize(("scheme", "embedding"), CASES)
+def test_manifest_reports_scheme_and_quality(ort_built, scheme, embedding):
+    result = ort_built.int8[scheme, embedding]
+    manifest = read_manifest(result.out)
+    q = manifest.quantization
+    assert manifest.backend == "onnxruntime" and q["scheme"] == scheme and q["embedding"] == embedding
+    assert q["state_dtype"] == "float32" and q["activation"] == ("none" if scheme == "int8-weight" else "per_token")
+    assert manifest.source == read_manifest(ort_built.package).source  # provenance kept
+    quality = q["quality"]
+    assert quality["eval"]["tokens"] == EVAL_TOKENS - 1 and quality["greedy"]["generated_tokens"] == GREEDY_TOKENS
+    for key in ("ppl_fp32", "ppl_int8", "kl_mean", "top1_agreement"):
+        assert quality["eval"][key] == quality["eval"][key]  # not NaN
+    assert quality["size"]["int8_bytes"] < quality["size"]["fp32_bytes"]
+    assert manifest.parity["int8"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
+
+
+@pytest.mark.parametrize(("scheme", "embedding"), CASES)
+def test_graphs_match_eager_int8_and_stay_near_float(ort_built, seed, scheme, embedding):
+    model = ort_built.model
+    qmodel = quantize_model(copy.deepcopy(model), scheme, embedding)
+    out = ort_built.int8[scheme, embedding].out
+    refs = {"int8": EagerGraph(qmodel, "step"), "fp32": EagerGraph(model, "step")}
+    ids = torch.randint(0, model.config.vocab_size, (2, 12))
+    step = step_parity(OrtGraph(out / "step.onnx"), refs, ids, list(random_state(model, 2)))
+    require_tight(step["int8"], "step graph")
+    assert step["int8"].median_rel_err < 1e-5, f"seed {seed}"
+    assert step["fp32"].logits_rel_err < 5e-2, f"seed {seed}"  # the int8 noise itself, bounded
+    prefill_refs = {"int8": EagerGraph(qmodel, "prefill", PREFILL_TOKENS),
+                    "fp32": EagerGraph(model, "prefill", PREFILL_TOKENS)}
+    graph = OrtGraph(out / "prefill.onnx")
+    short = prefill_parity(graph, prefill_refs, model, PREFILL_TOKENS, batch=3, valid_lengths=[1, 2], calls=3)
+    require_tight(short["int8"], "prefill graph, 1-2 valid tokens")
+    full = prefill_parity(graph, prefill_refs, model, PREFILL_TOKENS, batch=3)
+    require_within(full["int8"], TIGHT_MAX_REL_ERR, "prefill graph")
+    assert full["fp32"].logits_rel_err < 5e-2 and full["fp32"].state_rel_err < 5e-2, f"seed {seed}"
+
+
+@pytest.mark.parametrize(("scheme", "embedding"), CASES)
+def test_state_and_gates_stay_float_in_the_graph(ort_built, scheme, embedding):
+    out = ort_built.int8[scheme, embedding].out
+    for file in ("step.onnx", "prefill.onnx"):
+        facts = inspect_graph(out / file)  # raises if a state tensor is not float32 or feeds an int op
+        g = onnx.load(str(out / file)).graph
+        inits = {i.name: i.data_type for i in g.initializer}
+        gates = [n for n in inits if "igate" in n or "fgate" in n or "recurrent" in n]
+        assert gates and all(inits[n] == onnx.TensorProto.FLOAT for n in gates), gates
+        if scheme == "int8-dynamic":
+            assert facts["integer_ops"].get("MatMulInteger", 0) >= 10
+        else:
+            assert "MatMulInteger" not in facts["integer_ops"] and facts["int8_initializers"] >= 10
+
+
+def test_runtime_streams_from_the_int8_package(ort_built, seed):
+    from xlstm_edge.runtime import load
+
+    out = ort_built.int8["int8-dynamic", "int8"].out
+    qmodel = quantize_model(copy.deepcopy(ort_built.model), "int8-dynamic", "int8")
+    session = load(out, num_threads=2)
+    ids = torch.randint(0, 256, (1, 2 * PREFILL_TOKENS + 3))
+    logits = session.prefill(ids)
+    ref, _ = qmodel(ids)
+    assert rel_err(logits, ref[:, -1]) < 2e-2, f"seed {seed}"
+    assert len(session.generate_ids([], max_new_tokens=5)[0]) == 5
+
+
+def test_already_quantized_package(ort_built, tmp_path):
+    with pytest.raises(QuantizationError, match="already quantized \\(int8-weight\\)"):
+        quantize(ort_built.int8["int8-weight", "fp32"].out, tmp_path / "x", "int8-dynamic")
+
+
+def test_bad_inputs(ort_built, tmp_path):
+    pkg = ort_built.package
+    with pytest.raises(QuantizationError, match="unknown quantization scheme 'int7'"):
+        quantize(pkg, tmp_path / "a", "int7")
+    with pytest.raises(EvalTextError, match="calibration text .*nope.txt does not exist"):
+        quantize(pkg, tmp_path / "b", "int8-dynamic", calibration_text=tmp_path / "nope.txt")
+    with pytest.raises(EvalTextError, match="evaluation text .*gone.txt does not exist"):
+        quantize(pkg, tmp_path / "c", "int8-dynamic", eval_text=tmp_path / "gone.txt")
+    (tmp_path / "short.txt").write_text("too short")
+    with pytest.raises(EvalTextError, match="need at least"):
+        quantize(pkg, tmp_path / "d", "int8-dynamic", eval_text=tmp_path / "short.txt")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "f").write_text("x")
+    with pytest.raises(QuantizationError, match="already exists"):
+        quantize(pkg, tmp_path / "taken", "int8-dynamic")
+    with pytest.raises(QuantizationError, match="checkpoint .*missing.* does not exist"):
+        quantize(pkg, tmp_path / "e", "int8-dynamic", checkpoint=tmp_path / "missing")
+    assert not any((tmp_path / n).exists() for n in "abcde")
+
+
+def test_checkpoint_resolution(ort_built, tmp_path):
+    """No --checkpoint and none recorded: a clear error; a checkpoint of other weights: refused."""
+    import shutil
+
+    from xlstm_edge.export.metadata import write_manifest
+
+    from tests.quant.conftest import make_model, write_checkpoint
+
+    bare = tmp_path / "bare"
+    shutil.copytree(ort_built.package, bare)
+    manifest = read_manifest(bare)
+    manifest.source = None
+    write_manifest(manifest, bare)
+    with pytest.raises(QuantizationError, match="does not record the checkpoint .* pass --checkpoint"):
+        quantize(bare, tmp_path / "out", "int8-dynamic")
+    other = write_checkpoint(make_model("tiny", 5), tmp_path / "other")
+    with pytest.raises(QuantizationError, match="other weights"):
+        quantize(ort_built.package, tmp_path / "out", "int8-dynamic", checkpoint=other)
+    with pytest.raises(QuantizationError, match="does not match the package: chunk_size is 16"):
+        quantize(bare, tmp_path / "out", "int8-dynamic", checkpoint=other)
+
+
+def test_cli_errors(ort_built, tmp_path):
+    from xlstm_edge.cli import main
+
+    runner = CliRunner()
+    res = runner.invoke(main, ["quantize", str(ort_built.package), str(tmp_path / "o"), "--scheme", "int4"])
+    assert res.exit_code != 0 and "unknown quantization scheme 'int4'" in res.output
+    res = runner.invoke(main, ["quantize", str(ort_built.int8["int8-weight", "fp32"].out), str(tmp_path / "o"),
+                               "--scheme", "int8-dynamic"])
+    assert res.exit_code != 0 and "already quantized" in res.output
+    res = runner.invoke(main, ["quantize", str(ort_built.package), str(tmp_path / "o"), "--scheme", "int8-dynamic",
+                               "--calibration-text", str(tmp_path / "none.txt")])
+    assert res.exit_code != 0 and "calibration text" in res.output and "does not exist" in res.output
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,105 @@
+"""The int8 arithmetic (per-channel weights, per-token activations) and the two quantized products,
+against float64 references on fresh random inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from xlstm_edge.quant import ops
+from xlstm_edge.quant.modules import Int8Embedding, Int8Linear
+from xlstm_edge.quant.primitives import (
+    WEIGHT_QMAX,
+    dequantize_per_channel,
+    fake_quantize_per_token,
+    quantize_per_channel_symmetric,
+    quantize_per_token,
+)
+
+from tests.conftest import rel_err
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_per_channel_round_trip(seed, axis):
+    w = torch.randn(48, 80) * torch.rand(48, 1) * 3
+    q, scale = quantize_per_channel_symmetric(w, axis=axis)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert int(q.abs().max()) == WEIGHT_QMAX
+    deq = dequantize_per_channel(q, scale, axis)
+    s = scale[:, None] if axis == 0 else scale[None, :]
+    # round to nearest: every element within half a step of its own channel's grid
+    assert bool(((deq.double() - w.double()).abs() <= s.double() / 2 * (1 + 1e-6)).all()), f"seed {seed}"
+    amax = w.abs().amax(dim=1 - axis)
+    torch.testing.assert_close(scale, amax / WEIGHT_QMAX)
+
+
+def test_per_channel_zero_row_and_bad_input():
+    w = torch.randn(4, 16)
+    w[2] = 0
+    q, scale = quantize_per_channel_symmetric(w)
+    assert bool((q[2] == 0).all()) and float(scale[2]) > 0
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_per_channel_symmetric(torch.randn(3))
+    with pytest.raises(TypeError, match="floating-point"):
+        quantize_per_channel_symmetric(torch.ones(2, 2, dtype=torch.int32))
+    with pytest.raises(ValueError, match="axis"):
+        quantize_per_channel_symmetric(w, axis=2)
+
+
+def test_per_token_grid(seed):
+    x = torch.randn(7, 64) * 2 + torch.randn(7, 1)
+    x[3] = x[3].abs() + 0.1  # all positive: zero must still be on the grid
+    q, scale, zp = quantize_per_token(x)
+    assert float(q.min()) >= 0 and float(q.max()) <= 255
+    assert bool((q == q.round()).all()) and bool((zp == zp.round()).all())
+    deq = (q - zp[:, None]) * scale[:, None]
+    assert bool(((deq - x).abs() <= scale[:, None] / 2 * (1 + 1e-5)).all()), f"seed {seed}"
+    zero_q = torch.clamp(torch.round(torch.zeros(7, 1) / scale[:, None]) + zp[:, None], 0, 255)
+    assert bool(((zero_q - zp[:, None]) == 0).all())  # 0.0 is represented exactly
+    torch.testing.assert_close(fake_quantize_per_token(x), deq)
+
+
+def test_linear_a8w8_is_the_integer_product(seed):
+    """y = (x fake-quantized per token) @ (w dequantized)^T in float64, to float32 rounding."""
+    x = torch.randn(3, 5, 96)
+    w = torch.randn(40, 96) * 0.2
+    bias = torch.randn(40)
+    q, scale = quantize_per_channel_symmetric(w)
+    y = ops.linear_a8w8(x, q, scale, bias)
+    xq = fake_quantize_per_token(x.double().reshape(-1, 96).float()).double().reshape(3, 5, 96)
+    ref = xq @ dequantize_per_channel(q, scale).double().t() + bias.double()
+    assert y.shape == (3, 5, 40)
+    assert rel_err(y, ref) < 1e-6, f"seed {seed}"
+    assert rel_err(y, x.double() @ w.double().t() + bias.double()) < 3e-2  # int8 noise, not a bug
+
+
+def test_linear_w8(seed):
+    x = torch.randn(6, 96)
+    w = torch.randn(24, 96)
+    q, scale = quantize_per_channel_symmetric(w)
+    y = ops.linear_w8(x, q, scale, None)
+    assert rel_err(y, x.double() @ dequantize_per_channel(q, scale).double().t()) < 1e-6, f"seed {seed}"
+    with pytest.raises(TypeError, match="int8"):
+        ops.linear_w8(x, w, scale, None)
+    with pytest.raises(ValueError, match="features"):
+        ops.linear_w8(torch.randn(2, 95), q, scale, None)
+
+
+@pytest.mark.parametrize("activation", ["none", "per_token"])
+def test_int8_linear_module(seed, activation):
+    lin = nn.Linear(64, 32, bias=True)
+    mod = Int8Linear.from_linear(lin, activation)
+    assert mod.weight.dtype == torch.int8 and mod.bias.dtype == torch.float32
+    x = torch.randn(4, 64)
+    ref = x.double() @ lin.weight.double().t() + lin.bias.double()
+    assert rel_err(mod(x), ref) < (1e-2 if activation == "none" else 3e-2), f"seed {seed}"
+    with pytest.raises(ValueError, match="activation"):
+        Int8Linear(4, 4, activation="per_tensor")  # type: ignore[arg-type]
+
+
+def test_int8_embedding(seed):
+    emb = nn.Embedding(50, 24)
+    mod = Int8Embedding.from_embedding(emb)
+    ids = torch.randint(0, 50, (3, 9))
+    assert rel_err(mod(ids), emb(ids).double()) < 1e-2, f"seed {seed}"
+    torch.testing.assert_close(mod(ids), mod.dequantized_weight()[ids])
