@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -230,6 +231,11 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
     """Build, check and measure the int8 package; see the module docstring. Raises ``QuantizationError``
     (one line) on bad input or a failed parity check, ``QualityGateError`` when the gate is missed."""
     package, out = Path(package), Path(out)
+    t0 = time.perf_counter()
+
+    def log_t(msg: str) -> None:
+        log(f"[{time.perf_counter() - t0:5.0f} s] {msg}")
+
     manifest = _check_inputs(package, out, opts)
     checkpoint = resolve_checkpoint(package, manifest, opts.checkpoint)
     torch.set_num_threads(opts.num_threads)
@@ -242,7 +248,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
     else:
         prompt = ids[:PROMPT_TOKENS]
 
-    log(f"loading {checkpoint} and checking it against {package} ...")
+    log_t(f"loading {checkpoint} and checking it against {package} ...")
     model = load_source_model(checkpoint, manifest)
     source_err = check_source(package, manifest, model, opts.num_threads)
     qmodel = quantize_model(copy.deepcopy(model), opts.scheme, opts.embedding)
@@ -250,11 +256,11 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        log(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
+        log_t(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
         graph_facts, graphs = write_graphs(qmodel, manifest, tmp)
         copy_other_files(package, manifest, tmp)
 
-        log("checking parity and measuring quality ...")
+        log_t("checking the graphs against eager PyTorch (int8 and float32) ...")
         parity: dict[str, Any] = {}
         prefill = manifest.graphs["prefill"]
         T, batch = prefill.tokens_per_call, static_batch(manifest) or 2
@@ -268,6 +274,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
         parity["prefill_vs_eager_int8"] = full["int8"].to_dict()
         parity["prefill_vs_fp32"] = full["fp32"].to_dict()
 
+        log_t(f"greedy agreement over {opts.greedy_tokens} tokens (graph) ...")
         greedy = greedy_compare(_runner(tmp, manifest, "step", opts.num_threads), model, qmodel, prompt,
                                 opts.greedy_tokens, batch=static_batch(manifest) or 1)
         require_tight(Parity(**greedy.parity_vs_eager_int8), f"the {manifest.backend} step graph")
@@ -275,6 +282,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
         parity["step_drift_vs_fp32"] = greedy.drift_vs_fp32
         parity["source_check_rel_err"] = source_err
 
+        log_t(f"perplexity and KL over {ids.numel()} held-out tokens ...")
         ev = compare_eval(model, qmodel, ids)
         size_fp32, size_int8 = _dir_bytes(package), _dir_bytes(tmp)
         passed = ev.ppl_increase <= opts.max_ppl_increase and greedy.agreement >= opts.min_greedy_agreement

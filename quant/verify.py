@@ -20,10 +20,12 @@ from .handler import QuantizationError
 # Graph vs the same quantization in eager PyTorch. Both compute the same integers, but their float32
 # inputs to a quantizer differ by rounding noise (another summation order; XNNPACK computes the
 # activation parameters itself), so now and then a value on a rounding boundary lands one int8
-# level apart: a step with a relative error of ~1e-3 among steps that agree to ~1e-7. Hence two
-# bounds: the typical (median) call must agree to float32 noise, the worst call to one such flip.
+# level apart: a call with a relative error of ~1e-3 (up to ~2e-2 on a small state tensor such as
+# m) among calls that agree to ~1e-7. Hence two bounds: the typical (median) call must agree to
+# float32 noise (the tight check: a systematic difference shows in every call), the worst call
+# only to a few such flips (it catches NaN and gross errors, not subtle ones).
 TIGHT_MEDIAN_REL_ERR = 1e-4
-TIGHT_MAX_REL_ERR = 2e-2
+TIGHT_MAX_REL_ERR = 5e-2
 
 
 class EagerGraph:
