@@ -23,14 +23,14 @@ fi
 # train SECONDS ARGS...: one `xlstm-edge train` run under a time limit
 train() { local t=$1; shift; (cd "$SHADOW" && PYTHONPATH="$SHADOW:$ROOT" timeout "$t" python3 -m xlstm_edge.train "$@"); }
 
-SMALL_STEPS=${SMALL_STEPS:-400}
+SMALL_STEPS=${SMALL_STEPS:-300}
 BATCH=${BATCH:-16}
 SEQ=${SEQ:-2048}
 rm -rf /tmp/run_small /tmp/run_demo
 echo "== small preset: batch $BATCH x seq $SEQ, bf16 autocast, Triton kernels"
 train 420 --out /tmp/run_small --preset small \
     --steps $SMALL_STEPS --batch-size $BATCH --seq-len $SEQ --warmup 50 --log-every 20 --eval-every 100000 \
-    --eval-batches 2 --save-every 100000 --max-minutes "${SMALL_MINUTES:-3}" --kernels triton 2>&1 \
+    --eval-batches 2 --save-every 100000 --max-minutes "${SMALL_MINUTES:-2}" --kernels triton 2>&1 \
     | tr '\r' '\n' | grep -v "step/s]$\|s/step]$" | tail -n 15
 echo "small exit code: ${PIPESTATUS[0]}"
 cp /tmp/run_small/train_log.jsonl "$OUT/train_small.jsonl" 2>/dev/null

@@ -20,7 +20,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,10 +28,11 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
+from xlstm_edge.kernels.mlstm_chunkwise.forward import pick_state_launch
 from xlstm_edge.kernels.mlstm_recurrent import mlstm_step_triton
 from xlstm_edge.kernels.slstm import slstm_scan_triton
 
-from xlstm_edge.mlstm import mlstm_step
+from xlstm_edge.mlstm import mlstm_chunkwise, mlstm_step
 from xlstm_edge.slstm import slstm_scan
 
 TOKENS = 65536
@@ -103,7 +104,31 @@ def time_fwd_bwd(run, leaves) -> tuple[float, float]:
     return fwd, bench_ms(step, grad_to_none=leaves)
 
 
+CHECK_TOL = 1e-2
+
+
+def check_config(NH, DQK, DV, S, L, cfg: ChunkwiseConfig) -> float:
+    """Max rel. error (h and the grads of q, k, v, i, f) of the configuration as it runs at sequence
+    length S (state tiles pinned to what the automatic choice takes at B = 65536 / S), on bfloat16
+    inputs (B 1, an odd length) against the float64 PyTorch chunkwise form."""
+    bk, bv, warps = pick_state_launch((TOKENS // S) * NH, DQK, DV, cfg, torch.device(DEV), L, 2)
+    pinned = replace(cfg, block_k_states=bk, block_v_states=bv, num_warps_states=warps)
+    Sc = 2 * L + 37
+    leaves = [t[:1, :, :Sc].detach().requires_grad_() for t in mlstm_inputs(NH, Sc, DQK, DV, False)]
+    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
+    h, _ = mlstm_chunkwise_triton(*leaves, chunk_size=L, config=pinned)
+    h64, _ = mlstm_chunkwise(*leaves64, chunk_size=64)
+    grad = torch.randn_like(h64)
+    h.backward(grad.to(h.dtype))
+    h64.backward(grad)
+    pairs = [(h, h64)] + [(a.grad, b.grad) for a, b in zip(leaves, leaves64, strict=True)]
+    return max(((a.double() - b).norm() / b.norm()).item() for a, b in pairs)
+
+
 def bench_ours(NH, DQK, DV, S, L, cfg: ChunkwiseConfig) -> tuple[float, float]:
+    err = check_config(NH, DQK, DV, S, L, cfg)
+    if not err <= CHECK_TOL:
+        raise ValueError(f"wrong results: max rel err {err:.2e} > {CHECK_TOL} against float64")
     leaves = mlstm_inputs(NH, S, DQK, DV, True)
     return time_fwd_bwd(lambda *x: mlstm_chunkwise_triton(*x, chunk_size=L, config=cfg)[0], leaves)
 
@@ -143,13 +168,15 @@ def guarded(fn, *args):
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}"
 
 
-# candidate (chunk size, config) pairs; the sweep picks the fastest fwd+bwd per head shape. State
-# kernel tiles are left automatic (sized to fill the GPU). First run (H100, 8k): L=128 best for
-# 256/512 heads, L=64 with 128-wide DV tiles for 128/128 heads; 32-wide per-chunk tiles were slower.
+# candidate (chunk size, config) pairs; the sweep picks the fastest fwd+bwd per head shape, each
+# checked against float64 first (bench_ours). State kernel tiles are left automatic. H100 runs,
+# 2026-11-23, S 8k: L=64 with 128-wide DV tiles best at both head shapes; num_stages=3 7-11% faster
+# than 2 at 7B heads. L=128 ran up to 12% faster at 7B heads but gave intermittently wrong results,
+# so the op refuses it on CUDA (function.MAX_CUDA_CHUNK).
 CANDIDATES = [
-    (64, ChunkwiseConfig()),
     (64, ChunkwiseConfig(block_v=128)),
-    (128, ChunkwiseConfig()),
+    (64, ChunkwiseConfig(block_v=128, num_stages=3)),
+    (64, ChunkwiseConfig(num_stages=3)),
 ]
 
 
@@ -288,15 +315,13 @@ def profile(shapes, S: int, variants: list[tuple[int, ChunkwiseConfig]], nxai) -
 
 PROFILE_VARIANTS = {
     (8, 256, 512): [
-        (128, ChunkwiseConfig()),
-        (128, ChunkwiseConfig(block_v=128)),
-        (128, ChunkwiseConfig(block_k_states=128, block_v_states=128)),
         (64, ChunkwiseConfig(block_v=128)),
+        (64, ChunkwiseConfig(block_v=128, num_stages=3)),
+        (64, ChunkwiseConfig(block_k=128, block_v=128, num_stages=3)),
     ],
     (16, 128, 128): [
         (64, ChunkwiseConfig(block_v=128)),
-        (64, ChunkwiseConfig(block_v=128, block_k=128)),
-        (128, ChunkwiseConfig(block_v=128)),
+        (64, ChunkwiseConfig(block_v=128, num_stages=3)),
     ],
 }
 
@@ -366,7 +391,14 @@ def main() -> None:
         for S in seqs:
             ff, fb = ours_flops(NH, S, DQK, DV, L)
             res, err = guarded(bench_ours, NH, DQK, DV, S, L, cfg)
-            row = Row("ours (triton)", NH, DQK, DV, S, note=err or f"L={L} bv{cfg.block_v or 'auto'}")
+            row = Row(
+                "ours (triton)",
+                NH,
+                DQK,
+                DV,
+                S,
+                note=err or f"L={L} bv{cfg.block_v or 'auto'} stages{cfg.num_stages}",
+            )
             if res:
                 row.fwd_ms, row.fwdbwd_ms = res
                 row.fwd_tflops, row.fwdbwd_tflops = ff / res[0] / 1e9, (ff + fb) / res[1] / 1e9

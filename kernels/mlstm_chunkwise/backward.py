@@ -91,7 +91,8 @@ def _bwd_states_kernel(
         dnum = dht.to(tl.float32) / norm[:, None]
         qa = qt.to(tl.float32) * alpha[:, None]
         decay = tl.exp(g + m_k - m_next)
-        dC = decay * dC + tl.dot(tl.trans(qa.to(qt.dtype)), dnum.to(qt.dtype), input_precision=DOT_PREC)
+        upd = tl.dot(tl.trans(qa.to(qt.dtype)), dnum.to(qt.dtype), input_precision=DOT_PREC)
+        dC = decay * dC + upd  # own accumulator, as in forward.py's state kernel
         dn = decay * dn + tl.sum(qa * dden[:, None], axis=0)
     tl.store(dC0_ptr + bh * DQK * DV + c_tile, dC)
     if pv == 0:
@@ -230,7 +231,7 @@ def chunk_states_bwd(
     BH, S, DQK = q.shape
     DV = dh.shape[-1]
     NC = ms.shape[1] - 1
-    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, q.device)
+    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, q.device, chunk_size, q.element_size())
     dev = q.device
     dCs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=q.dtype)
     dns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)

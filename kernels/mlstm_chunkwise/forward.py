@@ -31,11 +31,17 @@ class ChunkwiseConfig:
 
     block_k / block_v: DQK / DV tiles of the per-chunk kernels (0 = the largest of 64, 32, 16 that
     divides the dim). block_k_states / block_v_states: tiles of the sequential state kernels (0 =
-    start at 64 x 128 and halve, down to 32, until there are >= 2 programs per multiprocessor:
-    long sequences at small batch otherwise leave most of the GPU idle in the state pass).
+    start at 128 x 128 and halve the larger, down to 32, while there are fewer programs than 3/4 of
+    the multiprocessors: long sequences at small batch otherwise leave most of the GPU idle in the
+    state pass; larger tiles re-read k and v fewer times. On an H100 at 65k tokens, S 8k: 7B heads,
+    128 x 128 took the state kernels from 4.4 + 2.6 ms (64 x 128) to 2.8 + 2.0 ms; 16 heads of
+    128/128, 128 programs of 128 x 128 beat 512 of 64 x 64, 1.1 + 0.6 ms against 1.4 + 0.9 ms).
     num_warps_states: warps of the state kernels (0 = 8 for 64 x 128 tiles and up, else 4);
     num_warps_output: warps of the per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4
     the backward one spills at DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
+    num_stages: software pipelining depth of every kernel's loops. 3 ran 7% faster at 7B heads on an
+    H100 but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h off by 15%) and ran out of
+    shared memory in float32; bench/kernels.py checks every configuration it times.
     """
 
     block_k: int = 0
@@ -65,18 +71,30 @@ def pick_blocks(dqk: int, dv: int, config: ChunkwiseConfig) -> tuple[int, int]:
     return bk, bv
 
 
+# shared-memory budget of one state-kernel program's pipelined k / v chunk tiles (the H100 has 227 KB
+# a block; float32 128 x 128 tiles at L = 128, two stages, need 257 KB and fail to compile)
+STATE_SMEM_BUDGET = 200 * 1024
+
+
 def pick_state_launch(
-    bh: int, dqk: int, dv: int, config: ChunkwiseConfig, device: torch.device
-) -> tuple[int, int, int]:
+    bh: int, dqk: int, dv: int, config: ChunkwiseConfig, device: torch.device,
+    chunk_size: int = 64, elem_bytes: int = 2,
+) -> tuple[int, int, int]:  # fmt: skip
     """(BK, BV, num_warps) of the state kernels, whose grid is (DQK/BK, DV/BV, B*NH)."""
-    bk = config.block_k_states or pick_block(dqk, 64)
+    bk = config.block_k_states or pick_block(dqk, 128)
     bv = config.block_v_states or pick_block(dv, 128)
     if not (config.block_k_states and config.block_v_states):
-        target = 2 * _multiprocessors(device)
-        while bh * (dqk // bk) * (dv // bv) < target:
-            if not config.block_v_states and bv > 32:
+
+        def smem(bk: int, bv: int) -> int:
+            return chunk_size * (bk + bv) * elem_bytes * max(config.num_stages, 1)
+
+        target = 3 * _multiprocessors(device) // 4
+        while bh * (dqk // bk) * (dv // bv) < target or smem(bk, bv) > STATE_SMEM_BUDGET:
+            can_v = not config.block_v_states and bv > 32
+            can_k = not config.block_k_states and bk > 32
+            if can_v and (bv >= bk or not can_k):
                 bv //= 2
-            elif not config.block_k_states and bk > 32:
+            elif can_k:
                 bk //= 2
             else:
                 break
@@ -131,7 +149,10 @@ def _fwd_states_kernel(
         kc = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         vc = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         kw = kc.to(tl.float32) * w[:, None]
-        C = decay * C + tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
+        # the chunk's update in its own accumulator, not fused into C's: with C as the dot's
+        # accumulator, Triton 3.6 on an H100 gave wrong chunk-start states at L 128, 128 x 128 tiles
+        upd = tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
+        C = decay * C + upd
         n = decay * n + tl.sum(kw, axis=0)
         m = m_next
     tl.store(Cf_ptr + bh * DQK * DV + c_tile, C)
@@ -221,7 +242,7 @@ def chunk_states_fwd(
     BH, S, DQK = k.shape
     DV = v.shape[-1]
     NC = triton.cdiv(S, chunk_size)
-    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, k.device)
+    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, k.device, chunk_size, k.element_size())
     dev = k.device
     Cs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=k.dtype)
     ns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)

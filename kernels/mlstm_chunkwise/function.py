@@ -18,6 +18,10 @@ from .backward import chunk_inputs_bwd, chunk_states_bwd, gate_grads, output_gra
 from .forward import ChunkwiseConfig, chunk_output_fwd, chunk_states_fwd
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # (C, n, m)
+# Largest chunk on CUDA. L = 128 (L x L float32 tiles in the per-chunk kernels) compiled on an H100
+# (Triton 3.6) but gave wrong h and gradients in some runs and not others, with either pipelining
+# depth, while the state kernels agreed tile for tile: a race or miscompile not found yet (2026-11-23).
+MAX_CUDA_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,11 @@ def _validate(q, k, v, i, f, state, chunk_size) -> None:
         raise ValueError(f"{name}: DQK ({DQK}) and DV ({DV}) must be multiples of 16")
     if not (is_pow2(chunk_size) and chunk_size >= 16):
         raise ValueError(f"{name}: chunk_size must be a power of two >= 16, got {chunk_size}")
+    if chunk_size > MAX_CUDA_CHUNK and q.device.type == "cuda":
+        raise ValueError(
+            f"{name}: chunk_size {chunk_size} > {MAX_CUDA_CHUNK} is refused on CUDA: with Triton 3.6 on "
+            "an H100 it gave intermittently wrong results (h off by 1-23%); use 16, 32 or 64"
+        )
     devices = {t.device for t in (q, k, v, i, f)}
     if state is not None:
         if len(state) != 3:
@@ -164,7 +173,7 @@ def mlstm_chunkwise_triton(
     q, k (B, NH, S, DQK), v (B, NH, S, DV): float32, bfloat16 or float16 (one dtype); i, f (B, NH, S)
     gate pre-activations (any float dtype; gate and state math runs in float32). state: optional
     initial (C (B,NH,DQK,DV), n (B,NH,DQK), m (B,NH)). DQK, DV multiples of 16; any S >= 1;
-    chunk_size a power of two >= 16.
+    chunk_size a power of two >= 16, at most 64 on CUDA (MAX_CUDA_CHUNK).
 
     Returns (h, final_state): h (B, NH, S, DV) in q's dtype; final_state (C, n, m) float32 when
     return_state, else None (the return type does not depend on the flag).

@@ -25,10 +25,15 @@ def _report(label, errs, tol):
     return {k: v for k, v in errs.items() if not v <= tol}
 
 
-@pytest.mark.parametrize("chunk_size", [64, 128])
+@pytest.mark.parametrize("state_tiles", [(0, 0), (128, 128)])
+@pytest.mark.parametrize("chunk_size", [32, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_chunkwise_7b_heads(seed, dtype, chunk_size):
-    from xlstm_edge.kernels.mlstm_chunkwise import mlstm_chunkwise_triton
+def test_chunkwise_7b_heads(seed, dtype, chunk_size, state_tiles):
+    """state_tiles (0, 0): automatic (small here: B * NH = 2 programs per tile); (128, 128): the tiles
+    that the automatic choice takes at training batch sizes."""
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
+
+    config = ChunkwiseConfig(block_k_states=state_tiles[0], block_v_states=state_tiles[1])
 
     B, NH, S, DQK, DV = 1, 2, 333, 256, 512
     q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
@@ -43,7 +48,7 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size):
     leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f, *state)]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     h, final = mlstm_chunkwise_triton(
-        *leaves[:5], state=tuple(leaves[5:]), chunk_size=chunk_size, return_state=True
+        *leaves[:5], state=tuple(leaves[5:]), chunk_size=chunk_size, return_state=True, config=config
     )
     h64, final64 = mlstm_chunkwise(*leaves64[:5], state=tuple(leaves64[5:]), chunk_size=64)
     outs, outs64 = [h, *final], [h64, *final64]
@@ -53,7 +58,7 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size):
     errs = {n: rel_err(a, b) for n, a, b in zip(("h", "C", "n", "m"), outs, outs64, strict=True)}
     names = ("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
     errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
-    bad = _report(f"chunkwise {dtype} L={chunk_size}", errs, TOL[dtype])
+    bad = _report(f"chunkwise {dtype} L={chunk_size} state tiles {state_tiles}", errs, TOL[dtype])
     assert not bad, (seed, bad)
 
 
@@ -133,4 +138,43 @@ def test_slstm_scan(seed, DH):
     names = ("dwx", "dR", "dy0", "dc0", "dn0", "dm0")
     errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
     bad = _report(f"slstm DH={DH}", errs, 1e-5)
+    assert not bad, (seed, bad)
+
+
+def test_chunk_128_refused_on_cuda():
+    from xlstm_edge.kernels.mlstm_chunkwise import mlstm_chunkwise_triton
+
+    q = torch.randn(1, 1, 40, 64, device=DEV)
+    i = torch.randn(1, 1, 40, device=DEV)
+    with pytest.raises(ValueError, match="chunk_size 128 > 64 is refused on CUDA"):
+        mlstm_chunkwise_triton(q, q, q, i, i, chunk_size=128)
+
+
+@pytest.mark.parametrize("chunk_size", [64, 128])
+def test_state_kernels_tile_independent(seed, chunk_size):
+    """The chunk-start states (forward) and their gradients (backward) at 7B heads, bfloat16, do not
+    depend on the state kernels' tiles: 128 x 128 against 32 x 32 (one wrong tiling once gave h off
+    by 6% while the final state stayed right)."""
+    import torch.nn.functional as F
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig
+    from xlstm_edge.kernels.mlstm_chunkwise.backward import chunk_states_bwd
+    from xlstm_edge.kernels.mlstm_chunkwise.forward import chunk_states_fwd
+
+    BH, S, DQK, DV, L = 2, 333, 256, 512, chunk_size
+    q, k = (torch.randn(BH, S, DQK, device=DEV).bfloat16() for _ in range(2))
+    v, dh = (torch.randn(BH, S, DV, device=DEV).bfloat16() for _ in range(2))
+    lf = F.logsigmoid(torch.randn(BH, S, device=DEV) + 3)
+    ig = torch.randn(BH, S, device=DEV)
+    m_pos = torch.randn(BH, S, device=DEV)
+    norm = torch.rand(BH, S, device=DEV) + 1
+    dden = torch.randn(BH, S, device=DEV)
+    outs = {}
+    for tiles in ((128, 128), (32, 32)):
+        cfg = ChunkwiseConfig(block_k_states=tiles[0], block_v_states=tiles[1])
+        Cs, ns, ms, Cf, nf = chunk_states_fwd(k, v, lf, ig, None, L, cfg)
+        dCs, dns, dC0, dn0 = chunk_states_bwd(q, dh, lf, ig, m_pos, norm, dden, ms, None, L, cfg)
+        outs[tiles] = dict(Cs=Cs, ns=ns, ms=ms, Cf=Cf, dCs=dCs, dns=dns, dC0=dC0)
+    a, b = outs[(128, 128)], outs[(32, 32)]
+    errs = {name: rel_err(a[name], b[name]) for name in a}
+    bad = _report(f"state tiles 128x128 vs 32x32, L={L}", errs, 1e-2)
     assert not bad, (seed, bad)
