@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from tests.conftest import rel_err
+from tests.conftest import max_rel_err, rel_err
 from xlstm_edge.checkpoint import load_checkpoint
 from xlstm_edge.tokenizer import load_tokenizer
 
@@ -33,7 +33,10 @@ def test_cpu_forms_match_gpu_triton_reference(form):
         for p, prompt in enumerate(prompts):
             logits, state = model(torch.tensor([tok.encode(prompt)]), form=form)
             expected = ref[f"logits.{p}"]
-            assert (logits[0] - expected).abs().max().item() <= 1e-4, (form, p, meta["device"])
+            # relative, not absolute: logits reach |15|, where fp32 summation order alone moves ~1e-4
+            # (the 249-token prompt through the parallel form: rel 1.3e-6, max abs 1.5e-4)
+            assert rel_err(logits[0], expected) <= 1e-5, (form, p, meta["device"])
+            assert max_rel_err(logits[0], expected) <= 2e-5, (form, p, meta["device"])
             for layer, tensors in enumerate(state):
                 for name, value in tensors.items():
                     assert rel_err(value[0], ref[f"state.{p}.{layer}.{name}"]) <= 1e-4, (form, p, layer, name)
