@@ -1,0 +1,84 @@
+"""Decode speed of float32 and int8 packages through the runtime, against the memory-bandwidth floor.
+
+    .venv/bin/python bench/quant_decode.py PKG [PKG ...] [--threads 2] [--prompt 64] [--decode 64]
+
+For each package (batch 1, --threads threads): prefill of --prompt tokens, then --decode greedy steps
+(``runtime.bench.run_bench``: medians), and the floor = bytes of weights read per decode step / read
+bandwidth measured here (a float32 sum over 1 GiB). Bytes per step come from the manifest: int8
+weights 1 byte each plus a float32 scale per output channel, everything else 4 bytes, the input
+embedding one row. Prints a markdown table. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_decode import read_bandwidth_gbs  # noqa: E402
+
+
+def bytes_per_token(package: Path) -> tuple[float, str]:
+    """Weight bytes one decode step reads, and the scheme's label (the plan rebuilt on a meta model)."""
+    from xlstm_edge.export.metadata import read_manifest
+    from xlstm_edge.quant.handler import plan_quantization
+
+    from xlstm_edge import xLSTMConfig, xLSTMForCausalLM
+
+    manifest = read_manifest(package)
+    with torch.device("meta"):
+        model = xLSTMForCausalLM(xLSTMConfig.from_dict(manifest.model))
+    params = {id(p): p for p in model.parameters()}.values()
+    nbytes = 4.0 * sum(p.numel() for p in params)
+    emb = model.backbone.embeddings.weight
+    q = manifest.quantization
+    emb_row = 4.0 * emb.shape[1]
+    if q is not None:
+        plan = plan_quantization(model, q["scheme"], q["embedding"])
+        seen = set()
+        for d in plan.int8_layers:
+            w = model.get_submodule(d.name).weight
+            if id(w) in seen:
+                continue
+            seen.add(id(w))
+            nbytes -= 4.0 * w.numel() - (w.numel() + 4.0 * w.shape[0])  # int8 + one float32 scale per row
+        if q["embedding"] == "int8":
+            emb_row = emb.shape[1] + 4.0
+    tied = model.lm_head.weight is emb
+    if not tied:  # the input embedding: one row per token
+        nbytes -= (emb_row * emb.shape[0]) - emb_row
+    label = "fp32" if q is None else f"{q['scheme']}, embedding {q['embedding']}"
+    return nbytes, label
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("packages", nargs="+", type=Path)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--prompt", type=int, default=64)
+    ap.add_argument("--decode", type=int, default=64)
+    args = ap.parse_args()
+
+    from xlstm_edge.runtime import load
+    from xlstm_edge.runtime.bench import run_bench
+
+    bw = read_bandwidth_gbs(args.threads)
+    print(f"read bandwidth {bw:.1f} GB/s ({args.threads} threads), {platform.processor() or platform.machine()}")
+    print("| package | backend | scheme | weight MB read / token | floor tok/s | decode tok/s | % of floor "
+          "| prefill tok/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for pkg in args.packages:
+        nbytes, label = bytes_per_token(pkg)
+        floor = bw * 1e9 / nbytes
+        sess = load(pkg, num_threads=args.threads)
+        r = run_bench(sess, args.prompt, args.decode, (), 16, 3)
+        print(f"| {pkg.name} | {r.backend} | {label} | {nbytes / 1e6:.2f} | {floor:.0f} | {r.decode_tok_s:.1f} "
+              f"| {100 * r.decode_tok_s / floor:.1f}% | {r.prefill_tok_s:.0f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
