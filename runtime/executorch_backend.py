@@ -8,8 +8,14 @@ back as ``past.*``: memory stays flat. Threads: ExecuTorch's threadpool ignores
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,35 @@ def _dtype_name(dtype: Any) -> str:
     return _SCALAR_TYPES.get(code, f"ScalarType {dtype}")
 
 
+@contextlib.contextmanager
+def _quiet_startup() -> Iterator[None]:
+    """Hold back what ExecuTorch prints while it starts: torchao's warnings about its CUDA-only
+    extensions (Python logging) and the native cpuinfo / threadpool info lines (file descriptor 2).
+    If starting fails, the held-back native output is written out after all, with the error."""
+    loggers = [logging.getLogger(n) for n in ("torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        failed = False
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            os.dup2(saved_fd, 2)
+            os.close(saved_fd)
+            for lg, level in zip(loggers, levels, strict=True):
+                lg.setLevel(level)
+            if failed:
+                held.seek(0)
+                sys.stderr.write(held.read().decode(errors="replace"))
+
+
 def _pad_rows(t: Tensor, pad: int) -> Tensor:
     """``t`` (n, ...) with ``pad`` more rows, copies of its first (valid input for any tensor)."""
     if pad == 0:
@@ -47,6 +82,10 @@ class ExecuTorchBackend(Backend):
 
     def __init__(self, package_dir: Path, manifest: Any, num_threads: int):
         require_module("executorch", "executorch", self.name)
+        with _quiet_startup():
+            self._start(package_dir, manifest, num_threads)
+
+    def _start(self, package_dir: Path, manifest: Any, num_threads: int) -> None:
         from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
