@@ -7,10 +7,17 @@ the backend prefills them chunk by chunk through the prefill graph, then runs ``
 random tokens through the step graph, each call fed the backend's own previous ``present.*``.
 The eager model prefills each row in one chunkwise call, then steps. Every logits vector is
 compared; the figures go into the manifest and the export fails above ``tolerance``.
+
+The eager side runs in float64 (a copy of the model) up to ``FLOAT64_REFERENCE_MAX_PARAMS``
+parameters: the figures then measure the graphs' own float32 error, not the sum of theirs and the
+float32 eager model's (on the trained demo model after 64 steps: 9.6e-5 against float64, 1.2e-4
+against float32 eager, whose own error is of the same size). Larger models are compared with the
+float32 eager model; the report says which (``reference``).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -21,6 +28,7 @@ from xlstm_edge.model import xLSTMForCausalLM
 from xlstm_edge.state import State, init_state, state_spec
 
 DEFAULT_TOLERANCE = 1e-4  # max |dlogits| in float32
+FLOAT64_REFERENCE_MAX_PARAMS = 2_000_000_000  # a float64 copy of larger models costs too much memory
 
 
 class Runner(Protocol):
@@ -44,6 +52,7 @@ class ParityReport:
     max_abs_dstate_end: float
     argmax_agreement: float
     passed: bool
+    reference: str = "eager float64"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,7 +61,8 @@ class ParityReport:
         return (
             f"max |dlogits| {self.max_abs_dlogits:.2e} (prefill {self.max_abs_dlogits_prefill:.2e}, "
             f"{self.steps} steps {self.max_abs_dlogits_step:.2e}; tolerance {self.tolerance:.0e}), "
-            f"argmax agreement {self.argmax_agreement:.4f}, final state max |d| {self.max_abs_dstate_end:.2e}"
+            f"argmax agreement {self.argmax_agreement:.4f}, final state max |d| {self.max_abs_dstate_end:.2e} "
+            f"(against the {self.reference} model)"
         )
 
 
@@ -122,18 +132,22 @@ def parity_check(
     b_state = state
 
     # eager, row by row
+    n_params = sum(p.numel() for p in model.parameters())
+    dtype = torch.float64 if n_params <= FLOAT64_REFERENCE_MAX_PARAMS else torch.float32
+    reference = copy.deepcopy(model).to(dtype) if dtype == torch.float64 else model
     e_all_rows, e_state_rows = [], []
     for r, n in enumerate(lengths):
-        logits, st = model(prompts[r : r + 1, :n], init_state(c, 1))
+        logits, st = reference(prompts[r : r + 1, :n], init_state(c, 1, dtype=dtype))
         row = [logits[:, -1]]
         for t in range(steps):
-            logits, st = model(step_tokens[r : r + 1, t : t + 1], st)
+            logits, st = reference(step_tokens[r : r + 1, t : t + 1], st)
             row.append(logits[:, -1])
-        e_all_rows.append(torch.stack(row))  # (1 + steps, 1, V)
-        e_state_rows.append(_flat(c, st))
+        e_all_rows.append(torch.stack(row).double())  # (1 + steps, 1, V)
+        e_state_rows.append([t.double() for t in _flat(c, st)])
+    del reference
     e_all = torch.cat(e_all_rows, 1)  # (1 + steps, B, V)
     b_stack = torch.stack(b_all)
-    diff = (b_stack - e_all).abs()
+    diff = (b_stack.double() - e_all).abs()
     e_state = [torch.cat([row[i] for row in e_state_rows]) for i in range(len(b_state))]
     dstate = max(float((a - b).abs().max()) for a, b in zip(b_state, e_state, strict=True))
     agree = float((b_stack.argmax(-1) == e_all.argmax(-1)).float().mean())
@@ -152,4 +166,5 @@ def parity_check(
         max_abs_dstate_end=dstate,
         argmax_agreement=agree,
         passed=finite and worst <= tolerance,
+        reference=f"eager {str(dtype).removeprefix('torch.')}",
     )
