@@ -31,9 +31,25 @@ def _tensor_bytes(tensor, base: Path) -> bytes:
         return fh.read(int(length)) if length is not None else fh.read()
 
 
+def strip_debug_metadata(model) -> None:
+    """Drop the exporter's per-node debug records (stack traces, FX node text, doc strings): about
+    1 MB on a 1 M-param model, nothing the runtime reads."""
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        for node in graph.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graphs.append(attr.g)
+                graphs.extend(attr.graphs)
+
+
 def share_weights(paths: list[Path], data_name: str = DATA_NAME) -> dict[str, int]:
     """Rewrite the ONNX files ``paths`` (all in one directory) to keep their large initializers in
-    ``data_name`` beside them, each distinct tensor once; delete the exporter's own data files.
+    ``data_name`` beside them, each distinct tensor once; delete the exporter's own data files and the
+    graphs' debug metadata.
 
     Initializers stored as typed fields (float_data...) rather than raw bytes stay inline.
     Returns {"tensors": written, "shared": references resolved to an existing tensor, "bytes": file size}.
@@ -73,6 +89,7 @@ def share_weights(paths: list[Path], data_name: str = DATA_NAME) -> dict[str, in
                     entry = tensor.external_data.add()
                     entry.key, entry.value = k, v
                 tensor.data_location = TensorProto.EXTERNAL
+            strip_debug_metadata(model)
             tmp = path.with_name(f".{path.name}.tmp")
             onnx.save(model, str(tmp))
             os.replace(tmp, path)

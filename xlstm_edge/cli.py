@@ -36,6 +36,7 @@ USER_ERRORS: list[str] = [
     "xlstm_edge.runtime.errors:RuntimeInputError",
     "xlstm_edge.export.metadata:ManifestError",
     "xlstm_edge.export.package:ExportError",
+    "xlstm_edge.quant.handler:QuantizationError",
 ]
 # third-party loggers that warn about things a user cannot act on (torchao's optional CUDA extensions on a
 # CPU machine, torch's pytree deprecation notes, the ONNX exporter's missing torchvision ops)
