@@ -42,7 +42,7 @@ def export_programs(
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_lowering():
     """ExecuTorch's lowering prints warnings and info lines by the hundred; keep the console readable."""
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
@@ -59,7 +59,7 @@ def lower_to_pte(programs: dict[str, torch.export.ExportedProgram], path: Path) 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with _quiet():
+    with quiet_lowering():
         edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
         delegates = {
             name: sum(1 for n in edge.exported_program(name).graph.nodes if "call_delegate" in str(n.target))
@@ -95,7 +95,7 @@ class ExecuTorchRunner:
         files = {g.file for g in graphs.values()}
         if len(files) != 1:
             raise ValueError(f"an ExecuTorch package has one .pte, the manifest names {sorted(files)}")
-        with _quiet():
+        with quiet_lowering():
             self.program = Runtime.get().load_program(str(package_dir / files.pop()))
             self.methods = {name: self.program.load_method(g.method) for name, g in graphs.items()}
 

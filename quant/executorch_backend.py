@@ -9,37 +9,21 @@ time). One .pte holds both methods. Only ``int8-dynamic`` exists here (see ``tor
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import importlib
-import io
-import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs
+from xlstm_edge.export.to_executorch import quiet_lowering
 
 from .handler import QuantizationError
 from .torchao_bridge import to_torchao
 
 _QUANT_TARGETS = ("quantize", "choose_qparams", "dequantize")  # substrings of activation-quantizing ops
 _ET_DTYPES = {0: "uint8", 1: "int8", 3: "int32", 4: "int64", 6: "float32"}  # ExecuTorch ScalarType codes
-
-
-@contextlib.contextmanager
-def _quiet():
-    """ExecuTorch's lowering prints warnings and info lines by the hundred."""
-    level = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logging.getLogger().setLevel(level)
 
 
 def check_state_float(program: torch.export.ExportedProgram, n_fixed_inputs: int) -> str:
@@ -80,7 +64,7 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
     ao_model = to_torchao(copy.deepcopy(model))
     programs = {}
     facts: dict[str, Any] = {}
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet_lowering():
         for name, (kind, tokens) in methods.items():
             module = StepModule(ao_model) if kind == "step" else PrefillModule(ao_model, tokens)
             args = example_inputs(ao_model, batch, tokens, kind == "prefill")

@@ -67,3 +67,31 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.num_threads} threads) {self.source}"
+
+
+class SingleBufferBackend(Backend):
+    """A backend whose state lives in one set of buffers, ``self._state`` (layout order, (B, *shape)),
+    updated in place after each call (torch, ExecuTorch; ONNX Runtime double-buffers instead)."""
+
+    _state: list[Tensor]
+
+    @property
+    def batch_size(self) -> int:
+        return self._state[0].shape[0]
+
+    def reset(self, batch_size: int) -> None:
+        if batch_size == self.batch_size:
+            for t in self._state:
+                t.zero_()
+        else:
+            self._state = self.layout.zeros(batch_size)
+
+    def read_state(self) -> list[Tensor]:
+        return [t.clone() for t in self._state]
+
+    def write_state(self, tensors: list[Tensor]) -> None:
+        batch = self.layout.check(tensors, "state")
+        if batch != self.batch_size:
+            self._state = self.layout.zeros(batch)
+        for buf, t in zip(self._state, tensors, strict=True):
+            buf.copy_(t)

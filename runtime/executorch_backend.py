@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .backend import Backend, require_module
+from .backend import SingleBufferBackend, require_module
 from .errors import PackageError
 from .package_checks import check_graph_io, manifest_config_and_layout
 
@@ -75,7 +75,7 @@ def _pad_rows(t: Tensor, pad: int) -> Tensor:
     return torch.cat([t, t[:1].expand(pad, *t.shape[1:])]).contiguous()
 
 
-class ExecuTorchBackend(Backend):
+class ExecuTorchBackend(SingleBufferBackend):
     """``executorch.runtime`` methods with explicit state I/O (the package contract's positional order)."""
 
     name = "executorch"
@@ -138,27 +138,6 @@ class ExecuTorchBackend(Backend):
         return name, sizes, _dtype_name(info.dtype())
 
     # ---- Backend API -----------------------------------------------------------------------------
-    @property
-    def batch_size(self) -> int:
-        return self._state[0].shape[0]
-
-    def reset(self, batch_size: int) -> None:
-        if batch_size == self.batch_size:
-            for t in self._state:
-                t.zero_()
-        else:
-            self._state = self.layout.zeros(batch_size)
-
-    def read_state(self) -> list[Tensor]:
-        return [t.clone() for t in self._state]
-
-    def write_state(self, tensors: list[Tensor]) -> None:
-        batch = self.layout.check(tensors, "state")
-        if batch != self.batch_size:
-            self._state = self.layout.zeros(batch)
-        for buf, t in zip(self._state, tensors, strict=True):
-            buf.copy_(t)
-
     def _call(self, method: str, inputs: list[Tensor]) -> Tensor:
         """Run ``method`` on batch-first ``inputs`` + the state; copy ``present.*`` into the state buffers.
 

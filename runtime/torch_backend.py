@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .backend import Backend
+from .backend import SingleBufferBackend
 from .errors import PackageError
 from .state import StateLayout
 
@@ -21,7 +21,7 @@ from .state import StateLayout
 PREFILL_SLICE = 512
 
 
-class TorchBackend(Backend):
+class TorchBackend(SingleBufferBackend):
     """``xLSTMForCausalLM`` in eval mode, float32 state; ``num_threads`` sets torch's (global) threads."""
 
     name = "torch"
@@ -44,27 +44,6 @@ class TorchBackend(Backend):
 
         path = Path(path)
         return cls(load_checkpoint(path, dtype=torch.float32), num_threads, source=str(path))
-
-    @property
-    def batch_size(self) -> int:
-        return self._state[0].shape[0]
-
-    def reset(self, batch_size: int) -> None:
-        if batch_size == self.batch_size:
-            for t in self._state:
-                t.zero_()
-        else:
-            self._state = self.layout.zeros(batch_size)
-
-    def read_state(self) -> list[Tensor]:
-        return [t.clone() for t in self._state]
-
-    def write_state(self, tensors: list[Tensor]) -> None:
-        batch = self.layout.check(tensors, "state")
-        if batch != self.batch_size:
-            self._state = self.layout.zeros(batch)
-        for buf, t in zip(self._state, tensors, strict=True):
-            buf.copy_(t)
 
     def _layers(self) -> list[dict[str, Tensor]]:
         layers: list[dict[str, Tensor]] = [{} for _ in range(self.config.num_hidden_layers)]
