@@ -185,6 +185,19 @@ class xLSTMForCausalLM(nn.Module):  # noqa: N801
     def num_params(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+    @torch.no_grad()
+    def column_major_linears_(self) -> xLSTMForCausalLM:
+        """Store every Linear weight (out, in) column-major, i.e. as the transpose of a contiguous
+        (in, out) matrix, in place (same values, same Parameter objects). ``F.linear`` then multiplies
+        by a contiguous matrix, which on CPU streams a decode step's weights about 2x faster than the
+        row-major layout (MKL's M=1 path: 13 vs 26 GB/s for the 154 MB LM head of ``small``).
+        For inference on CPU; ``state_dict`` values are unchanged (``save_checkpoint`` writes them
+        contiguous). Returns the model."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.is_contiguous() and module.weight.dim() == 2:
+                module.weight.data = module.weight.data.t().contiguous().t()
+        return self
+
     def set_chunkwise_kernel(self, kernel: ChunkwiseKernel | None) -> None:
         """Run every mLSTM layer's chunkwise form through ``kernel`` (None: the PyTorch form)."""
         for block in self.backbone.blocks:
