@@ -62,13 +62,13 @@ def test_text_stream_is_the_decoded_greedy_ids(model_m, seed):
 def test_save_resume_is_bit_for_bit(model_ms, tmp_path, seed):
     """Save mid-stream, resume in a new session (from a checkpoint directory): same continuation."""
     cfg = SamplingConfig(temperature=0.9, top_k=50, repetition_penalty=1.2, seed=seed)
-    first = load(model_ms, num_threads=1)
+    ckpt = save_checkpoint(model_ms, tmp_path / "ckpt")
+    first = load(ckpt, backend="torch", num_threads=1)  # both sessions: the same load path and layout
     first.generate_ids(random_ids(21), max_new_tokens=12, sampling=cfg)
     path = first.save_state(tmp_path / "chat.safetensors")
     want = first.generate_ids([], max_new_tokens=30, sampling=cfg)[0]
     want_state = first.get_state()
 
-    ckpt = save_checkpoint(model_ms, tmp_path / "ckpt")
     second = load(ckpt, backend="torch", num_threads=1)
     second.load_state(path)
     got = second.generate_ids([], max_new_tokens=30, sampling=cfg)[0]
