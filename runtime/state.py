@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from xlstm_edge.state import StateTensorSpec
+
 from .errors import StateMismatchError
 from .sampling import MAX_REPETITION_WINDOW
 
@@ -41,27 +43,10 @@ def config_hash(model_config: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class StateTensor:
-    """One recurrent tensor: ``past.{layer}.{name}`` in, ``present.{layer}.{name}`` out."""
-
-    layer: int
-    name: str
-    shape: tuple[int, ...]  # without the batch dim
-
-    @property
-    def input_name(self) -> str:
-        return f"past.{self.layer}.{self.name}"
-
-    @property
-    def output_name(self) -> str:
-        return f"present.{self.layer}.{self.name}"
-
-
-@dataclass(frozen=True)
 class StateLayout:
     """The state tensors of one model, in spec order, and that model's identity."""
 
-    tensors: tuple[StateTensor, ...]
+    tensors: tuple[StateTensorSpec, ...]  # layer, name, shape (without batch), input/output names
     config_hash: str
     model_name: str
     vocab_size: int
@@ -71,8 +56,7 @@ class StateLayout:
         """From an ``xLSTMConfig`` (the order of ``xlstm_edge.state.state_spec``)."""
         from xlstm_edge.state import state_spec
 
-        specs = tuple(StateTensor(s.layer, s.name, tuple(s.shape)) for s in state_spec(config))
-        return cls(specs, config_hash(config.to_dict()), model_name, config.vocab_size)
+        return cls(tuple(state_spec(config)), config_hash(config.to_dict()), model_name, config.vocab_size)
 
     def zeros(self, batch_size: int) -> list[Tensor]:
         """The initial state: every tensor zero, (batch_size, *shape) float32."""
