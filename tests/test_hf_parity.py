@@ -2,8 +2,9 @@
 
 For several shapes: a random ``transformers.xLSTMForCausalLM`` (every parameter perturbed, so no gate sits
 at its init) is saved with ``save_pretrained``, loaded with ``load_checkpoint``, and its logits compared in
-fp32 (max abs <= 1e-4) in the parallel, chunkwise and step forms, the step form against HF's full sequence
-and against HF's own cached stepping. Then the way back (``save_checkpoint`` -> ``from_pretrained``), HF's
+fp32 by relative error (norm-wise, and element-wise against the largest logit at 4x the bound) in the
+parallel, chunkwise and step forms, the step form against HF's full sequence and against HF's own cached
+stepping. Then the way back (``save_checkpoint`` -> ``from_pretrained``), HF's
 sharded saves, and the official xlstm_large layout (single and fused) built from the HF state dict.
 """
 
@@ -17,13 +18,15 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import randomize_, rel_err
+from tests.conftest import max_rel_err, randomize_, rel_err
 from xlstm_edge.checkpoint import load_checkpoint, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 from transformers.models.xlstm.modeling_xlstm import xLSTMCache  # noqa: E402
 
-ATOL = 1e-4
+# Bound from a sweep of 36 random models (12 per shape): parallel/chunkwise vs HF rel <= 3.4e-6 (max_rel
+# 1.8e-5), our steps vs HF's steps rel <= 7.6e-7. Our steps vs HF's full sequence: see the step test.
+RTOL = 2e-5
 SEQ = 37  # not a multiple of the chunk size: the last chunk is partial
 STEPS = 20  # tokens fed one by one (a Python loop in both models: the slow part of this file)
 
@@ -38,9 +41,12 @@ def _hf_config(vocab: int, hidden: int, heads: int, blocks: int, **extra) -> tra
     )
 
 
-def _check(actual: torch.Tensor, expected: torch.Tensor, what: str, seed: int, atol: float = ATOL) -> None:
-    diff = (actual.double() - expected.double()).abs().max().item()
-    assert diff <= atol, f"{what}: max abs {diff:.2e} > {atol:.0e} (rel {rel_err(actual, expected):.2e}, seed {seed})"
+def _check(actual: torch.Tensor, expected: torch.Tensor, what: str, seed: int, rtol: float = RTOL) -> None:
+    """rel_err <= rtol and max_rel_err <= 4 * rtol (the element-wise figure is the noisier one)."""
+    rel, max_rel = rel_err(actual, expected), max_rel_err(actual, expected)
+    assert rel <= rtol and max_rel <= 4 * rtol, (
+        f"{what}: rel {rel:.2e} (bound {rtol:.0e}), max_rel {max_rel:.2e} (bound {4 * rtol:.0e}), seed {seed}"
+    )
 
 
 class HFCase:
@@ -89,7 +95,14 @@ def test_step_matches_hf_full_and_hf_cached_steps(case: HFCase) -> None:
         cache = out.cache_params
         theirs.append(out.logits)
     ours_t, theirs_t = torch.cat(ours, 1), torch.cat(theirs, 1)
-    _check(ours_t, case.ref[:, :STEPS], f"step vs HF full sequence, shape {case.shape}", case.seed)
+    # Stepping vs a parallel form reorders every fp32 sum, and the step's denominator |n . q| can cancel
+    # (|n . q| / sum |n_j q_j| ~ 1e-3 seen on random models): the gap is the problem's conditioning. HF's own
+    # two forms disagree by just as much, so ours may differ from HF's full sequence by at most twice that.
+    hf_forms_gap = rel_err(theirs_t, case.ref[:, :STEPS])
+    _check(
+        ours_t, case.ref[:, :STEPS], f"step vs HF full sequence (HF's steps vs it: {hf_forms_gap:.1e}), "
+        f"shape {case.shape}", case.seed, rtol=max(RTOL, 2 * hf_forms_gap),
+    )
     _check(ours_t, theirs_t, f"step vs HF cached steps, shape {case.shape}", case.seed)
     # the state after the sequence is HF's cache: C (B,NH,DQK,DV), n (B,NH,DQK), m (B,NH,1) per block
     for layer, (C, n, m) in cache.rnn_state.items():
@@ -102,11 +115,11 @@ def test_save_checkpoint_loads_in_transformers(case: HFCase, tmp_path: Path) -> 
     model = load_checkpoint(case.dir)
     out = save_checkpoint(model, tmp_path / "ours")
     back = transformers.xLSTMForCausalLM.from_pretrained(out).eval()
-    _check(back(case.ids).logits, case.ref, f"HF from our save, shape {case.shape}", case.seed, atol=1e-6)
+    _check(back(case.ids).logits, case.ref, f"HF from our save, shape {case.shape}", case.seed, rtol=1e-6)
     sharded = save_checkpoint(model, tmp_path / "ours_sharded", max_shard_bytes=64_000)
     assert (sharded / "model.safetensors.index.json").is_file()
     back = transformers.xLSTMForCausalLM.from_pretrained(sharded).eval()
-    _check(back(case.ids).logits, case.ref, f"HF from our sharded save, shape {case.shape}", case.seed, atol=1e-6)
+    _check(back(case.ids).logits, case.ref, f"HF from our sharded save, shape {case.shape}", case.seed, rtol=1e-6)
 
 
 @torch.no_grad()
@@ -183,4 +196,4 @@ def test_tied_model_round_trips_through_transformers(tmp_path: Path, seed: int) 
     _check(back(ids).logits, ref, "HF from our tied save", seed)
     ours = load_checkpoint(out)
     assert ours.lm_head.weight is ours.backbone.embeddings.weight
-    _check(ours(ids)[0], ref, "our tied save reloaded", seed, atol=0.0)
+    _check(ours(ids)[0], ref, "our tied save reloaded", seed, rtol=0.0)
