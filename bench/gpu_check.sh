@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device run for the Triton kernels, results under $OUT. Run from the repository root:
-#     OUT=/tmp/out STAGES="repro tests train bench" bash bench/gpu_check.sh
+#     OUT=/tmp/out STAGES="precision repro tests train bench" bash bench/gpu_check.sh
 # Stages (any subset, in this order):
+#   precision  bench/kernel_precision.py: median / worst errors over PRECISION_SEEDS draws per dtype
+#          and chunk size (PRECISION_CHUNKS, default 32,64,128: 128 through the autograd function)
 #   repro  the demo model's training shape (B 64, NH 2, S 256, DQK 32, DV 64, L 64) alone, in its
 #          own process with CUDA_LAUNCH_BLOCKING=1 (an illegal address there once killed training)
 #   tests  the GPU tests (tests/kernels/test_gpu.py), the repro shape left out
@@ -12,7 +14,7 @@
 # mlstm_kernels (a benchmark comparator only) is installed from .whl/ when that folder is there.
 set -uo pipefail
 OUT=${OUT:-/tmp/kernels_out}
-STAGES=${STAGES:-repro tests train bench}
+STAGES=${STAGES:-precision repro tests train bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 ROOT=$(pwd)
@@ -56,6 +58,11 @@ import pytest
 args = ["-q", "-s", "-rA", "-p", "no:cacheprovider", "-m", "gpu", "tests/kernels/test_gpu.py"]
 sys.exit(pytest.main(args + sys.argv[1:]))
 PY
+if has precision; then
+    timeout 300 python3 bench/kernel_precision.py --seeds "${PRECISION_SEEDS:-6}" \
+        --chunks "${PRECISION_CHUNKS:-32,64,128}" --out "$OUT" 2>&1 | tee -a "$LOG"
+    echo "precision exit code: ${PIPESTATUS[0]}" | tee -a "$LOG"
+fi
 REPRO="64-2-256-32-64"
 if has repro; then
     CUDA_LAUNCH_BLOCKING=1 timeout 300 python3 "$SHADOW/run_tests.py" -k "$REPRO" 2>&1 | tee "$OUT/gpu_repro.log"

@@ -88,10 +88,11 @@ def _bwd_states_kernel(
         alpha = tl.exp(b + m_k - m_pos) * scale  # weight of C_k in position t's output, times 1/sqrt(DQK)
         qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         dht = tl.load(dh_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        dnum = dht.to(tl.float32) / norm[:, None]
         qa = qt.to(tl.float32) * alpha[:, None]
         decay = tl.exp(g + m_k - m_next)
-        upd = tl.dot(tl.trans(qa.to(qt.dtype)), dnum.to(qt.dtype), input_precision=DOT_PREC)
+        # 1/norm goes with q (one rounding to q's dtype), so dh enters the product as given
+        qan = (qa / norm[:, None]).to(qt.dtype)
+        upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
         dC = decay * dC + upd  # own accumulator, as in forward.py's state kernel
         dn = decay * dn + tl.sum(qa * dden[:, None], axis=0)
     tl.store(dC0_ptr + bh * DQK * DV + c_tile, dC)
@@ -138,14 +139,15 @@ def _bwd_inputs_kernel(
     alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
     beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
 
-    # phase 1: dP = dnum v^T + dden (reduced over DV), masked by the decay matrix
+    # phase 1: dP = dnum v^T + dden (reduced over DV), masked by the decay matrix. dnum = dh / norm:
+    # the products take dh as given and divide in float32 after (no rounding of dnum to q's dtype)
     dp = tl.zeros((L, L), dtype=tl.float32)
     for vt in range(DV // BV):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
-        dp += tl.dot(dnum, tl.trans(vv), input_precision=DOT_PREC)
+        dp += tl.dot(dht, tl.trans(vv), input_precision=DOT_PREC)
+    dp = dp / norm[:, None]
     wdp = (_decay_matrix(b, ig, m_pos, offs_t) * (dp + dden[:, None])).to(dtype)  # d scores^ (up to scale)
 
     # phase 2: dq and dk, one DQK tile at a time; one accumulator pair live at once
@@ -155,16 +157,15 @@ def _bwd_inputs_kernel(
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
-        dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dnum C_k^T
+        dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dh C_k^T (dnum C_k^T times norm)
         for vt in range(DV // BV):
             offs_v = vt * BV + tl.arange(0, BV)
             dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-            dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
             ct = tl.load(Cs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
-            dq_inter += tl.dot(dnum, tl.trans(ct), input_precision=DOT_PREC)
+            dq_inter += tl.dot(dht, tl.trans(ct), input_precision=DOT_PREC)
         nk = tl.load(ns_ptr + state_base + offs_k)
         dq = tl.dot(wdp, kk, input_precision=DOT_PREC)
-        dq = (dq + alpha[:, None] * (dq_inter + dden[:, None] * nk[None, :])) * scale
+        dq = (dq + alpha[:, None] * (dq_inter / norm[:, None] + dden[:, None] * nk[None, :])) * scale
         qdq += tl.sum(qt.to(tl.float32) * dq, axis=1)
         tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
         dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
@@ -188,20 +189,20 @@ def _bwd_inputs_kernel(
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         scores += tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
-    ws = (_decay_matrix(b, ig, m_pos, offs_t) * scores * scale).to(dtype)
+    # row i of ws divided by norm_i: dv = ws^T dnum = (ws / norm)^T dh, dh as given
+    ws = (_decay_matrix(b, ig, m_pos, offs_t) * scores * (scale / norm[:, None])).to(dtype)
 
     # phase 4: dv, one DV tile at a time
     for vt in range(DV // BV):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        dnum = (dht.to(tl.float32) / norm[:, None]).to(dtype)
         dv_inter = tl.zeros((L, BV), dtype=tl.float32)  # k dC_{k+1}
         for kt in range(DQK // BK):
             offs_k = kt * BK + tl.arange(0, BK)
             kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
             dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
             dv_inter += tl.dot(kk, dct, input_precision=DOT_PREC)
-        dv = tl.dot(tl.trans(ws), dnum, input_precision=DOT_PREC) + beta[:, None] * dv_inter
+        dv = tl.dot(tl.trans(ws), dht, input_precision=DOT_PREC) + beta[:, None] * dv_inter
         tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
 
 

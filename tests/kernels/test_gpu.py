@@ -52,9 +52,10 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size, state_tiles):
     )
     h64, final64 = mlstm_chunkwise(*leaves64[:5], state=tuple(leaves64[5:]), chunk_size=64)
     outs, outs64 = [h, *final], [h64, *final64]
-    grads = [torch.randn_like(o) for o in outs64]
-    torch.autograd.backward(outs, [g.to(o.dtype) for g, o in zip(grads, outs, strict=True)])
-    torch.autograd.backward(outs64, grads)
+    # the incoming gradients are inputs too: both sides get them rounded to the output's dtype
+    grads = [torch.randn_like(o).to(out.dtype) for o, out in zip(outs64, outs, strict=True)]
+    torch.autograd.backward(outs, grads)
+    torch.autograd.backward(outs64, [g.double() for g in grads])
     errs = {n: rel_err(a, b) for n, a, b in zip(("h", "C", "n", "m"), outs, outs64, strict=True)}
     names = ("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
     errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
@@ -83,9 +84,9 @@ def test_chunkwise_model_shapes(seed, dtype, B, NH, S, DQK, DV):
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
     h, _ = mlstm_chunkwise_triton(*leaves, chunk_size=64, return_state=True)
     h64, _ = mlstm_chunkwise(*leaves64, chunk_size=64)
-    grad = torch.randn_like(h64)
-    h.backward(grad.to(h.dtype))
-    h64.backward(grad)
+    grad = torch.randn_like(h64).to(h.dtype)  # rounded to h's dtype for both sides
+    h.backward(grad)
+    h64.backward(grad.double())
     torch.cuda.synchronize()
     errs = {"h": rel_err(h, h64)}
     names = ("dq", "dk", "dv", "di", "df")
