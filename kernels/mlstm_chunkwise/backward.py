@@ -49,9 +49,9 @@ def _bwd_delta_kernel(
 
 @triton.jit
 def _bwd_states_kernel(
-    q_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr, ms_ptr,
+    q_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr, ms_ptr, Cs_ptr, ns_ptr,
     dCf_ptr, dnf_ptr,
-    dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr,
+    dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr, share_ptr,
     S, NC, scale,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -69,12 +69,22 @@ def _bwd_states_kernel(
     else:
         dC = tl.zeros((BK, BV), dtype=tl.float32)
         dn = tl.zeros((BK,), dtype=tl.float32)
+    tile = pk * tl.num_programs(1) + pv
     for cc in range(NC):
         c = NC - 1 - cc
         # the gradient of the state at the end of chunk c
         tl.store(dCs_ptr + (bh * NC + c) * DQK * DV + c_tile, dC.to(dCs_ptr.dtype.element_ty))
         if pv == 0:
             tl.store(dns_ptr + (bh * NC + c) * DQK + offs_k, dn)
+        # this tile's share of <C, dC> + n.dn at the end of chunk c (= the start of chunk c + 1;
+        # 0 for the last chunk, whose share the caller takes from the float32 final state)
+        c_end = tl.minimum(c + 1, NC - 1)
+        C_end = tl.load(Cs_ptr + (bh * NC + c_end) * DQK * DV + c_tile).to(tl.float32)
+        share = tl.sum(tl.sum(C_end * dC, axis=1), axis=0)
+        if pv == 0:
+            share += tl.sum(tl.load(ns_ptr + (bh * NC + c_end) * DQK + offs_k) * dn, axis=0)
+        share = tl.where(c + 1 < NC, share, 0.0)
+        tl.store(share_ptr + (tile * tl.num_programs(2) + bh) * NC + c, share)
         t = c * L + offs_t
         mask_t = t < S
         lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
@@ -225,10 +235,13 @@ def output_grad_terms(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: fl
 
 def chunk_states_bwd(
     q: Tensor, dh: Tensor, lf: Tensor, ig: Tensor, m_pos: Tensor, norm: Tensor, dden: Tensor, ms: Tensor,
-    dfinal: tuple[Tensor, Tensor] | None, chunk_size: int, config: ChunkwiseConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Level 1 backward. Returns dCs (BH,NC,DQK,DV) in q's dtype and dns (BH,NC,DQK): gradients of
-    the state at the end of every chunk; and dC0 (BH,DQK,DV), dn0 (BH,DQK) float32."""
+    Cs: Tensor, ns: Tensor, dfinal: tuple[Tensor, Tensor] | None, chunk_size: int, config: ChunkwiseConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Level 1 backward. Cs, ns: the chunk-start states of the forward pass.
+
+    Returns dCs (BH,NC,DQK,DV) in q's dtype and dns (BH,NC,DQK): gradients of the state at the end of
+    every chunk; dC0 (BH,DQK,DV), dn0 (BH,DQK) float32; and shares (BH,NC) float32: <C, dC> + n.dn at
+    the end of every chunk but the last (0 there), the forget gates' share from the chunks after it."""
     BH, S, DQK = q.shape
     DV = dh.shape[-1]
     NC = ms.shape[1] - 1
@@ -239,12 +252,14 @@ def chunk_states_bwd(
     dC0 = torch.empty(BH, DQK, DV, device=dev, dtype=torch.float32)
     dn0 = torch.empty(BH, DQK, device=dev, dtype=torch.float32)
     dCf, dnf = dfinal if dfinal is not None else (dC0, dn0)  # unused pointers when HAS_DFINAL is off
+    tiles = (DQK // BK) * (DV // BV)
+    share_parts = torch.empty(tiles, BH, NC, device=dev, dtype=torch.float32)
     _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
-        q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
+        q, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, dCf, dnf, dCs, dns, dC0, dn0, share_parts, S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
         DOT_PREC=dot_precision(q.dtype), num_warps=warps, num_stages=config.num_stages,
     )  # fmt: skip
-    return dCs, dns, dC0, dn0
+    return dCs, dns, dC0, dn0, share_parts.sum(0)
 
 
 def chunk_inputs_bwd(
@@ -271,25 +286,39 @@ def chunk_inputs_bwd(
 
 def gate_grads(
     lf: Tensor, ig: Tensor, m0: Tensor, m_pos: Tensor, qdq: Tensor, kdk: Tensor, dm_pos: Tensor,
-    final_share: Tensor | None, dm_final: Tensor | None,
+    chunk_shares: Tensor, chunk_size: int, final_share: Tensor | None, dm_final: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients of the gate pre-activations from the kernels' dot products and the stabilizer path.
 
-    lf, ig, m_pos, qdq, kdk, dm_pos: (BH, S) float32; m0 (BH,) the initial stabilizer;
-    final_share (BH,) = <C_S, dC_S> + n_S.dn_S (None without final-state gradients); dm_final (BH,)
-    the incoming gradient of the final m (or None). Returns d logf (BH,S), d i (BH,S), d m0 (BH,):
-    the last one only the stabilizer-path share (the caller adds <C0, dC0> + n0.dn0).
+    lf, ig, m_pos, qdq, kdk, dm_pos: (BH, S) float32; m0 (BH,) the initial stabilizer; chunk_shares
+    (BH, NC) from ``chunk_states_bwd``; final_share (BH,) = <C_S, dC_S> + n_S.dn_S (None without
+    final-state gradients); dm_final (BH,) the incoming gradient of the final m (or None). Returns
+    d logf (BH,S), d i (BH,S), d m0 (BH,): the last one only the stabilizer-path share (the caller
+    adds <C0, dC0> + n0.dn0).
+
+    d logf_l = sum over t >= l of (q_t.dq_t - k_t.dk_t) + final_share. Summed over the whole sequence,
+    those terms cancel chunk after chunk (each chunk's sum is the difference of the shares at its two
+    ends), and in bfloat16 their rounding errors do not: the error grew with the number of chunks.
+    So the sum stops at the end of l's chunk and the share there, <C, dC> + n.dn from the state
+    kernels' float32 accumulators, stands for everything after it.
     """
-    S = lf.shape[1]
+    BH, S = lf.shape
+    NC = chunk_shares.shape[1]
+    L = chunk_size
     # part 1, every m held fixed
-    dlf = (qdq - kdk).flip(-1).cumsum(-1).flip(-1)
+    diff = torch.zeros(BH, NC * L, device=lf.device, dtype=torch.float32)
+    diff[:, :S] = qdq - kdk
+    ends = chunk_shares.clone()
+    if final_share is not None:
+        ends[:, -1] += final_share
+    within = diff.view(BH, NC, L).flip(-1).cumsum(-1).flip(-1) + ends[:, :, None]
+    dlf = within.view(BH, NC * L)[:, :S].contiguous()
     di = kdk.clone()
     # part 2: the running max m_t = max(lf_t + m_{t-1}, i_t), backwards
     dm = dm_pos.clone()
     if dm_final is not None:
         dm[:, -1] += dm_final
     if final_share is not None:
-        dlf += final_share[:, None]
         dm[:, -1] -= final_share  # C_S = e^{-m_S} C~: holding C~, dL/dm_S loses <C_S, dC_S> + n_S.dn_S
     reset = m_pos <= ig  # m_t == i_t: the input gate won, nothing flows to m_{t-1}
     # acc_t = sum of dm over t' >= t up to (not including) the next reset after t

@@ -86,13 +86,17 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
 
         norm, dden, dm_pos = output_grad_terms(h, dh, m_pos, den, eps)
         Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)  # recompute
-        dCs, dns, dC0, dn0 = chunk_states_bwd(qf, dh, lf, ig, m_pos, norm, dden, ms, dfinal, L, cfg)
+        dCs, dns, dC0, dn0, chunk_shares = chunk_states_bwd(
+            qf, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, dfinal, L, cfg
+        )
         dq, dk, dv, qdq, kdk = chunk_inputs_bwd(
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg
         )
         del Cs, dCs
         m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
-        dlf, di, dm0 = gate_grads(lf, ig, m_init, m_pos, qdq, kdk, dm_pos, final_share, dm_final)
+        dlf, di, dm0 = gate_grads(
+            lf, ig, m_init, m_pos, qdq, kdk, dm_pos, chunk_shares, L, final_share, dm_final
+        )
         df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
         grads_init = (None, None, None)
         if ctx.has_init:
