@@ -61,7 +61,7 @@ PY
 if has precision; then
     timeout 300 python3 bench/kernel_precision.py --seeds "${PRECISION_SEEDS:-6}" \
         --chunks "${PRECISION_CHUNKS:-32,64,128}" \
-        --dtypes "${PRECISION_DTYPES:-bfloat16,float32}" --out "$OUT" 2>&1 | tee -a "$LOG"
+        --dtypes "${PRECISION_DTYPES:-bfloat16,float32}" ${PRECISION_EXTRA:-} --out "$OUT" 2>&1 | tee -a "$LOG"
     echo "precision exit code: ${PIPESTATUS[0]}" | tee -a "$LOG"
 fi
 REPRO="64-2-256-32-64"
