@@ -21,6 +21,7 @@ MLSTMState = tuple[Tensor, Tensor, Tensor]  # (C, n, m)
 # Largest chunk on CUDA. L = 128 (L x L float32 tiles in the per-chunk kernels) compiled on an H100
 # (Triton 3.6) but gave wrong h and gradients in some runs and not others, with either pipelining
 # depth, while the state kernels agreed tile for tile: a race or miscompile not found yet (2026-11-23).
+# In 6 draws float32 was right every time and bfloat16 wrong in some (bench/results/kernels.md).
 MAX_CUDA_CHUNK = 64
 
 
