@@ -92,7 +92,7 @@ class WindowSampler:
     def __init__(self, ids: Tensor, batch_size: int, seq_len: int, seed: int):
         if len(ids) <= seq_len + 1:
             raise ValueError(f"corpus split has {len(ids)} tokens, fewer than one window of {seq_len + 1}")
-        self.ids, self.batch_size, self.seq_len = ids, batch_size, seq_len
+        self.ids, self.batch_size, self.seq_len, self.seed = ids, batch_size, seq_len, seed
         self.generator = torch.Generator().manual_seed(seed)
 
     def next(self) -> tuple[Tensor, Tensor]:

@@ -100,12 +100,26 @@ def _checkpoints(out_dir: Path) -> list[Path]:
     return sorted(p for p in out_dir.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir() and not p.name.endswith(".partial"))
 
 
-def save_training_checkpoint(out_dir: Path, step: int, model, optimizer, sampler, tokenizer, log: dict) -> Path:
-    final = out_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+def checkpoint_dir(out_dir: Path, step: int) -> Path:
+    return out_dir / f"{CHECKPOINT_PREFIX}{step:06d}"
+
+
+def save_training_checkpoint(
+    out_dir: Path, step: int, model, optimizer, sampler, tokenizer, log: dict,
+    rank_sampler_states: list[torch.Tensor] | None = None,
+) -> Path:  # fmt: skip
+    """Model (Hugging Face layout) + optimizer + RNG states, written to a .partial folder then renamed.
+
+    rank_sampler_states: under torchrun, every rank's sampler generator state (rank order), so that a
+    resume gives each rank its own data stream back; None in a single process.
+    """
+    final = checkpoint_dir(out_dir, step)
     partial = out_dir / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     save_checkpoint(model, partial, tokenizer=tokenizer)
     tensors: dict[str, torch.Tensor] = {"rng.sampler": sampler.generator.get_state(), "rng.torch": torch.get_rng_state()}
+    for r, state in enumerate(rank_sampler_states or []):
+        tensors[f"rng.sampler.rank{r}"] = state
     scalars: dict[str, Any] = {}
     opt_state = optimizer.state_dict()
     for idx, state in opt_state["state"].items():
@@ -115,7 +129,8 @@ def save_training_checkpoint(out_dir: Path, step: int, model, optimizer, sampler
             else:
                 scalars[f"{idx}.{key}"] = value
     save_file(tensors, str(partial / "trainer_state.safetensors"))
-    meta = {"step": step, "param_groups": opt_state["param_groups"], "optim_scalars": scalars, **log}
+    meta = {"step": step, "param_groups": opt_state["param_groups"], "optim_scalars": scalars,
+            "world_size": len(rank_sampler_states or [None]), **log}
     (partial / "trainer_state.json").write_text(json.dumps(meta, indent=1))
     if final.exists():
         shutil.rmtree(final)
@@ -123,7 +138,10 @@ def save_training_checkpoint(out_dir: Path, step: int, model, optimizer, sampler
     return final
 
 
-def load_training_state(ckpt: Path, optimizer, sampler) -> int:
+def load_training_state(ckpt: Path, optimizer, sampler, rank: int = 0, world: int = 1) -> int:
+    """Restore optimizer and RNG states; returns the step. Under torchrun each rank takes its own
+    sampler state when the checkpoint was written by as many processes; otherwise the ranks' samplers
+    are re-seeded from (seed, rank, step), which changes the data order from there on (said on rank 0)."""
     meta = json.loads((ckpt / "trainer_state.json").read_text())
     tensors = load_file(str(ckpt / "trainer_state.safetensors"))
     state: dict[int, dict[str, Any]] = {}
@@ -135,9 +153,17 @@ def load_training_state(ckpt: Path, optimizer, sampler) -> int:
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = value
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    sampler.generator.set_state(tensors["rng.sampler"])
+    step = int(meta["step"])
+    saved_world = int(meta.get("world_size", 1))
+    if saved_world == world:
+        sampler.generator.set_state(tensors["rng.sampler" if world == 1 else f"rng.sampler.rank{rank}"])
+    else:
+        sampler.generator.manual_seed(sampler.seed + 1000 * rank + 7919 * step)
+        if rank == 0:
+            print(f"resume: {ckpt.name} was written by {saved_world} process(es), this run has {world}: "
+                  "the data samplers are re-seeded (same data, another order)")
     torch.set_rng_state(tensors["rng.torch"])
-    return int(meta["step"])
+    return step
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -209,7 +235,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8, fused=device.type == "cuda",
     )
-    start = load_training_state(existing[-1], optimizer, sampler) if resume else 0
+    start = load_training_state(existing[-1], optimizer, sampler, rank, world) if resume else 0
     train_model = model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -261,7 +287,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             bar.write(f"--max-minutes {cfg.max_minutes} reached at step {done}: evaluating and saving")
         last = done == cfg.steps or out_of_time
         if done % cfg.log_every == 0 or last:
-            loss_value = loss.item()
+            loss_value = _mean_over_ranks(loss.detach(), world)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - window_start
@@ -270,13 +296,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
             log({"event": "train", "step": done, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                  "tokens_per_s": tok_s})
             window_start, window_tokens = time.perf_counter(), 0
-        if done % cfg.eval_every == 0 or last:
+        if is_main and (done % cfg.eval_every == 0 or last):
             val = evaluate(model, corpus.val, cfg, device, autocast)
             log({"event": "eval", "step": done, "val_loss": val, "val_ppl": math.exp(min(val, 50))})
             bar.write(f"step {done}: train loss {loss_value:.4f}  val loss {val:.4f}  val ppl {math.exp(min(val, 50)):.2f}")
-        if is_main and (done % cfg.save_every == 0 or last):
-            last_ckpt = save_training_checkpoint(out_dir, done, model, optimizer, sampler, tokenizer,
-                                                 {"train_loss": loss_value})
+        if done % cfg.save_every == 0 or last:
+            states = _gather_sampler_states(sampler, world)
+            if is_main:
+                save_training_checkpoint(out_dir, done, model, optimizer, sampler, tokenizer,
+                                         {"train_loss": loss_value}, states)
+            _barrier(world)  # no rank returns (or resumes) before rank 0 has written the checkpoint
+            last_ckpt = checkpoint_dir(out_dir, done)
         if out_of_time:
             break
     bar.close()
@@ -288,6 +318,35 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         dist.destroy_process_group()
     assert last_ckpt is not None
     return last_ckpt
+
+
+def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    """The mean of a scalar over the torchrun ranks (the value itself in a single process)."""
+    if world > 1:
+        import torch.distributed as dist
+
+        value = value.float().clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= world
+    return value.item()
+
+
+def _gather_sampler_states(sampler, world: int) -> list[torch.Tensor] | None:
+    """Every rank's sampler generator state, in rank order (None in a single process)."""
+    if world == 1:
+        return None
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, sampler.generator.get_state())
+    return states
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
 
 
 def plot_losses(log_path: Path, png_path: Path) -> None:
