@@ -5,7 +5,7 @@
 For each package (batch 1, --threads threads): prefill of --prompt tokens, then --decode greedy steps
 (``runtime.bench.run_bench``: medians), and the floor = bytes of weights read per decode step / read
 bandwidth measured here (a float32 sum over 1 GiB). Bytes per step come from the manifest: int8
-weights 1 byte each plus a float32 scale per output channel, everything else 4 bytes, the input
+weights 1 byte each plus a float32 scale per output channel (int4: half a byte plus a scale per group), everything else 4 bytes, the input
 embedding one row. Prints a markdown table. Not a test.
 """
 
@@ -38,14 +38,18 @@ def bytes_per_token(package: Path) -> tuple[float, str]:
     q = manifest.quantization
     emb_row = 4.0 * emb.shape[1]
     if q is not None:
-        plan = plan_quantization(model, q["scheme"], q["embedding"])
+        plan = plan_quantization(model, q["scheme"], q["embedding"], backend=manifest.backend)
         seen = set()
-        for d in plan.int8_layers:
+        for d in plan.quantized_layers:
             w = model.get_submodule(d.name).weight
             if id(w) in seen:
                 continue
             seen.add(id(w))
-            nbytes -= 4.0 * w.numel() - (w.numel() + 4.0 * w.shape[0])  # int8 + one float32 scale per row
+            if d.dtype == "int4":  # half a byte each + one float32 scale per (row, group)
+                groups = -(-w.shape[1] // q.get("weight_group_size", 32))
+                nbytes -= 4.0 * w.numel() - (w.numel() / 2 + 4.0 * w.shape[0] * groups)
+            else:  # int8 + one float32 scale per row
+                nbytes -= 4.0 * w.numel() - (w.numel() + 4.0 * w.shape[0])
         if q["embedding"] == "int8":
             emb_row = emb.shape[1] + 4.0
     tied = model.lm_head.weight is emb

@@ -1,9 +1,15 @@
 """Schemes, the per-layer plan, and ``quantize_model`` (the eager reference of each scheme).
 
-Schemes
+Schemes (``SCHEMES``)
     int8-weight   every large Linear: int8 weight per output channel (symmetric), float32 activations
-    int8-dynamic  the same int8 weights; each Linear's input quantized per token at run time (8-bit,
-                  asymmetric) and multiplied in integers
+    int8-dynamic  the same int8 weights; each Linear's input quantized to 8 bits at run time and
+                  multiplied in integers
+    int4-dynamic  4-bit weights, symmetric, one scale per output channel and group of ``INT4_GROUP``
+                  inputs; 8-bit activations at run time as in int8-dynamic
+How activations are quantized at run time follows the backend's kernel, and the eager reference
+follows it (``Scheme.activation``): per token, asymmetric (XNNPACK's qd8; ONNX Runtime int8-dynamic,
+spelled as integer ops); per block of the weight group along K, symmetric (ONNX Runtime
+int4-dynamic: MatMulNBits at accuracy level 4).
 ``embedding="int8"`` also stores the input embedding table as int8 rows with one scale per row.
 
 What stays float32 in every scheme, and why (each such layer is listed in the plan with its reason):
@@ -22,10 +28,29 @@ from torch import nn
 
 from xlstm_edge.model import mLSTMLayer, sLSTMLayer, xLSTMForCausalLM
 
-from .modules import Int8Embedding, Int8Linear
-from .primitives import quantize_per_channel_symmetric
+from .modules import ACT_BLOCK, Int8Embedding, Int8Linear
+from .primitives import INT4_QMAX, quantize_per_channel_symmetric, quantize_per_group_symmetric
 
-SCHEMES: dict[str, str] = {"int8-weight": "none", "int8-dynamic": "per_token"}  # scheme -> activation
+INT4_GROUP = 32  # int4-dynamic: inputs per weight scale
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A scheme's weight format, its activation quantization per backend and its default quality gate."""
+
+    bits: int
+    group_size: int  # 0: one scale per output channel
+    activation: dict[str, str]  # backend -> "none" | "per_token" | "per_block"
+    max_ppl_increase: float  # default gate: relative perplexity increase
+    min_greedy_agreement: float
+
+
+SCHEMES: dict[str, Scheme] = {
+    "int8-weight": Scheme(8, 0, {"onnxruntime": "none", "executorch": "none"}, 0.01, 0.95),
+    "int8-dynamic": Scheme(8, 0, {"onnxruntime": "per_token", "executorch": "per_token"}, 0.01, 0.95),
+    "int4-dynamic": Scheme(4, INT4_GROUP, {"onnxruntime": "per_block", "executorch": "per_token"}, 0.05, 0.90),
+}
+BACKENDS: tuple[str, ...] = ("onnxruntime", "executorch")
 EMBEDDINGS: tuple[str, ...] = ("fp32", "int8")
 
 # float32 by design: (owner class, attribute) -> reason
@@ -43,7 +68,7 @@ class QuantizationError(ValueError):
 
 @dataclass
 class LayerDecision:
-    """One weight-holding layer: what the scheme does with it. ``dtype`` is "int8" or "float32"."""
+    """One weight-holding layer: what the scheme does with it. ``dtype`` is "int8", "int4" or "float32"."""
 
     name: str
     kind: str  # "linear" | "embedding" | "lm_head" | "conv" | "norm" | "parameter" | "other"
@@ -56,16 +81,18 @@ class LayerDecision:
 class QuantPlan:
     scheme: str
     embedding: str
+    backend: str
     activation: str
     layers: list[LayerDecision] = field(default_factory=list)
 
     @property
-    def int8_layers(self) -> list[LayerDecision]:
-        return [d for d in self.layers if d.dtype == "int8"]
+    def quantized_layers(self) -> list[LayerDecision]:
+        """Layers stored as integers ("int8" or "int4")."""
+        return [d for d in self.layers if d.dtype != "float32"]
 
     @property
     def float_layers(self) -> list[LayerDecision]:
-        return [d for d in self.layers if d.dtype != "int8"]
+        return [d for d in self.layers if d.dtype == "float32"]
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: scheme, counts, int8 / float32 element counts, every float32 layer with its reason."""
@@ -75,15 +102,25 @@ class QuantPlan:
                 n *= s
             return n
 
+        sch = SCHEMES[self.scheme]
+        weights = ("per output channel, symmetric int8 [-127, 127], float32 scales" if sch.bits == 8 else
+                   f"per output channel and group of {sch.group_size} inputs, symmetric 4-bit [-{INT4_QMAX}, "
+                   f"{INT4_QMAX}], float32 scales")
+        acts = {"none": None, "per_token": "per token, asymmetric 8-bit, chosen at run time",
+                "per_block": f"per block of {sch.group_size or ACT_BLOCK} inputs, symmetric 8-bit [-127, 127], "
+                             "chosen at run time"}
         return {
             "scheme": self.scheme,
             "embedding": self.embedding,
+            "backend": self.backend,
             "activation": self.activation,
-            "weight_granularity": "per output channel, symmetric int8 [-127, 127], float32 scales",
-            "activation_granularity": None if self.activation == "none" else
-            "per token, asymmetric 8-bit, chosen at run time",
-            "int8_layers": len(self.int8_layers),
-            "int8_params": sum(numel(d) for d in self.int8_layers),
+            "weight_bits": sch.bits,
+            "weight_group_size": sch.group_size,
+            "weight_granularity": weights,
+            "activation_granularity": acts[self.activation],
+            "quantized_layers": len(self.quantized_layers),
+            "quantized_params": sum(numel(d) for d in self.quantized_layers),
+            "int4_params": sum(numel(d) for d in self.quantized_layers if d.dtype == "int4"),
             "float32_params": sum(numel(d) for d in self.float_layers),
             "float32_layers": {d.name: d.reason for d in self.float_layers},
             "state_dtype": "float32",
@@ -93,22 +130,26 @@ class QuantPlan:
         return asdict(self)
 
 
-def check_scheme(scheme: str, embedding: str = "fp32") -> None:
-    """Raise ``QuantizationError`` (one line) for an unknown scheme or embedding choice."""
+def check_scheme(scheme: str, embedding: str = "fp32", backend: str | None = None) -> None:
+    """Raise ``QuantizationError`` (one line) for an unknown scheme, embedding choice or backend."""
     if scheme not in SCHEMES:
         raise QuantizationError(f"unknown quantization scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     if embedding not in EMBEDDINGS:
         raise QuantizationError(f"unknown embedding choice {embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+    if backend is not None and backend not in BACKENDS:
+        raise QuantizationError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
 def _is_norm(mod: nn.Module) -> bool:
     return type(mod).__name__ in ("RMSNorm", "MultiHeadLayerNorm", "ExportMultiHeadLayerNorm", "LayerNorm")
 
 
-def plan_quantization(model: nn.Module, scheme: str, embedding: str = "fp32") -> QuantPlan:
-    """Decide, for every module or parameter holding weights, int8 or float32 (with the reason)."""
-    check_scheme(scheme, embedding)
-    plan = QuantPlan(scheme, embedding, SCHEMES[scheme])
+def plan_quantization(model: nn.Module, scheme: str, embedding: str = "fp32", *,
+                      backend: str) -> QuantPlan:
+    """Decide, for every module or parameter holding weights, quantized ("int8") or float32 (with the
+    reason). Quantized Linears hold the scheme's bits (4-bit values are stored one int8 each)."""
+    check_scheme(scheme, embedding, backend)
+    plan = QuantPlan(scheme, embedding, backend, SCHEMES[scheme].activation[backend])
     tied = isinstance(model, xLSTMForCausalLM) and model.config.tie_word_embeddings
     for parent_name, parent in model.named_modules():
         prefix = f"{parent_name}." if parent_name else ""
@@ -123,9 +164,11 @@ def plan_quantization(model: nn.Module, scheme: str, embedding: str = "fp32") ->
                 else:
                     note = ""
                     if kind == "lm_head" and tied:
-                        note = ("tied to the embedding: shares its int8 rows" if embedding == "int8" else
-                                "tied to the embedding, which stays float32: the head gets its own int8 copy")
-                    plan.layers.append(LayerDecision(name, kind, shape, "int8", note))
+                        note = ("tied to the embedding: shares its int8 rows"
+                                if embedding == "int8" and SCHEMES[scheme].bits == 8 else
+                                "tied to the embedding: the head gets its own quantized copy")
+                    dtype = "int4" if SCHEMES[scheme].bits == 4 else "int8"
+                    plan.layers.append(LayerDecision(name, kind, shape, dtype, note))
             elif isinstance(child, nn.Embedding):
                 if embedding == "int8":
                     plan.layers.append(LayerDecision(name, "embedding", list(child.weight.shape), "int8",
@@ -160,27 +203,32 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, scheme: str, embedding: str = "fp32") -> nn.Module:
-    """Swap the model's layers for int8 ones following ``plan_quantization``; returns the model.
+def quantize_model(model: nn.Module, scheme: str, embedding: str = "fp32", *, backend: str) -> nn.Module:
+    """Swap the model's layers for quantized ones following ``plan_quantization``; returns the model.
 
+    ``backend`` ("onnxruntime" | "executorch") picks the activation quantization the backend's graph
+    computes (see the module docstring), so the model is the eager reference of that graph.
     In place (like gpt-fast's handler): the float weights of quantized layers are released. The
     plan is kept on the model as ``model.quant_plan``. Eval mode, no gradients.
     """
     if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()):
         raise QuantizationError("model is already quantized")
-    plan = plan_quantization(model, scheme, embedding)
-    activation = SCHEMES[scheme]
-    shared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(float weight) -> its (q, scales)
-    for d in plan.int8_layers:
+    plan = plan_quantization(model, scheme, embedding, backend=backend)
+    sch = SCHEMES[scheme]
+    # (id(float weight), group size) -> its (q, scales): a tied head and embedding share int8 rows
+    shared: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    for d in plan.quantized_layers:
         old = model.get_submodule(d.name)
-        key = id(old.weight)
+        group = 0 if isinstance(old, nn.Embedding) else sch.group_size
+        key = (id(old.weight), group)
         if key not in shared:
-            shared[key] = quantize_per_channel_symmetric(old.weight, axis=0)
+            shared[key] = (quantize_per_group_symmetric(old.weight, group, INT4_QMAX) if group else
+                           quantize_per_channel_symmetric(old.weight, axis=0))
         q, scales = shared[key]
         if isinstance(old, nn.Embedding):
             new: nn.Module = Int8Embedding.from_quantized(q, scales)
         else:
-            new = Int8Linear.from_quantized(q, scales, old.bias, activation)
+            new = Int8Linear.from_quantized(q, scales, old.bias, plan.activation, sch.bits, group)
         _set_child(model, d.name, new)
     model.eval()
     model.requires_grad_(False)

@@ -1,7 +1,7 @@
 """Drop-in int8 modules (gpt-fast style): an int8 buffer plus float32 scales, dequantized in forward.
 
-``Int8Linear``     replaces ``nn.Linear``: weight (out, in) int8, scales (out,) float32, optional bias;
-                   ``activation="none"`` (int8-weight) or ``"per_token"`` (int8-dynamic).
+``Int8Linear``     replaces ``nn.Linear``: weight (out, in) int8 (8- or 4-bit values), scales (out,) or
+                   (out, groups) float32, optional bias; ``activation`` "none" | "per_token" | "per_block".
 ``Int8Embedding``  replaces ``nn.Embedding``: weight (num, dim) int8, scales (num,) float32 (one per row).
 Both keep the attribute names ``weight`` / ``scales``, so a state dict reads ``...q.weight`` (int8) and
 ``...q.scales``. The parameters become buffers: a quantized model is for inference only.
@@ -15,38 +15,66 @@ import torch
 from torch import Tensor, nn
 
 from . import ops
-from .primitives import quantize_per_channel_symmetric
+from .primitives import (
+    INT4_QMAX,
+    expand_group_scales,
+    quantize_per_channel_symmetric,
+    quantize_per_group_symmetric,
+)
 
-Activation = Literal["none", "per_token"]
-ACTIVATIONS: tuple[str, ...] = ("none", "per_token")
+Activation = Literal["none", "per_token", "per_block"]
+ACTIVATIONS: tuple[str, ...] = ("none", "per_token", "per_block")
+ACT_BLOCK = 128  # "per_block" activations of per-channel weights: block of K (ONNX Runtime, int8-dynamic)
 
 
 class Int8Linear(nn.Module):
-    """x (..., in) float32 -> (..., out) float32 through an int8 weight with per-output-channel scales."""
+    """x (..., in) float32 -> (..., out) float32 through an integer weight stored one int8 per value.
+
+    ``bits`` 8: values in [-127, 127], ``scales`` (out,) (per output channel). ``bits`` 4: values in
+    [-7, 7], ``scales`` (out, ceil(in / group_size)) (per channel and group of ``group_size`` inputs).
+    ``activation``: "none" (weight-only), "per_token" (8-bit asymmetric per token: XNNPACK's qd8) or
+    "per_block" (8-bit symmetric per block of K: ONNX Runtime's MatMulNBits; the block is the weight
+    group, or ``ACT_BLOCK`` for per-channel weights).
+    """
 
     weight: Tensor
     scales: Tensor
     bias: Tensor | None
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, activation: Activation = "none"):
+    def __init__(self, in_features: int, out_features: int, bias: bool = False, activation: Activation = "none",
+                 bits: int = 8, group_size: int = 0):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unknown activation quantization {activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if (bits, group_size > 0) not in ((8, False), (4, True)):
+            raise ValueError(f"bits={bits}, group_size={group_size}: 8-bit weights are per channel (group_size 0), "
+                             "4-bit weights per group (group_size > 0)")
+        if activation == "none" and bits != 8:
+            raise ValueError("weight-only quantization is 8-bit only")
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
+        self.bits, self.group_size = bits, group_size
+        n_groups = -(-in_features // group_size) if group_size else 0
         self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
-        self.register_buffer("scales", torch.ones(out_features, dtype=torch.float32))
+        self.register_buffer("scales", torch.ones((out_features, n_groups) if group_size else (out_features,)))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, activation: Activation = "none") -> Int8Linear:
-        """Quantize ``linear.weight`` per output channel (symmetric); the bias stays float32."""
-        q, scales = quantize_per_channel_symmetric(linear.weight, axis=0)
-        return cls.from_quantized(q, scales, linear.bias, activation)
+    def from_linear(cls, linear: nn.Linear, activation: Activation = "none", bits: int = 8,
+                    group_size: int = 0) -> Int8Linear:
+        """Quantize ``linear.weight`` (symmetric, per output channel or per group); the bias stays float32."""
+        if group_size:
+            q, scales = quantize_per_group_symmetric(linear.weight, group_size, INT4_QMAX)
+        else:
+            q, scales = quantize_per_channel_symmetric(linear.weight, axis=0)
+        return cls.from_quantized(q, scales, linear.bias, activation, bits, group_size)
 
     @classmethod
-    def from_quantized(cls, q: Tensor, scales: Tensor, bias: Tensor | None, activation: Activation) -> Int8Linear:
-        """From an int8 weight (out, in) and its scales (out,) (shared tensors are kept, not copied)."""
-        mod = cls(q.shape[1], q.shape[0], bias is not None, activation)
+    def from_quantized(cls, q: Tensor, scales: Tensor, bias: Tensor | None, activation: Activation,
+                       bits: int = 8, group_size: int = 0) -> Int8Linear:
+        """From an int8 weight (out, in) and its scales (shared tensors are kept, not copied)."""
+        mod = cls(q.shape[1], q.shape[0], bias is not None, activation, bits, group_size)
+        if scales.shape != mod.scales.shape:
+            raise ValueError(f"scales must be {tuple(mod.scales.shape)}, got {tuple(scales.shape)}")
         mod.weight, mod.scales = q, scales
         if bias is not None:
             mod.bias = bias.detach().float().clone()
@@ -54,15 +82,21 @@ class Int8Linear(nn.Module):
 
     def dequantized_weight(self) -> Tensor:
         """(out, in) float32."""
-        return self.weight.float() * self.scales[:, None]
+        return self.weight.float() * expand_group_scales(self.scales, self.in_features, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
-        op = ops.linear_a8w8 if self.activation == "per_token" else ops.linear_w8
-        return op(x, self.weight, self.scales, self.bias)
+        if self.activation == "none":
+            return ops.linear_w8(x, self.weight, self.scales, self.bias)
+        if self.activation == "per_block":
+            return ops.linear_block(x, self.weight, self.scales, self.bias, self.group_size or ACT_BLOCK, self.bits)
+        if self.group_size:
+            return ops.linear_a8w8_token_group(x, self.weight, self.scales, self.bias, self.group_size)
+        return ops.linear_a8w8(x, self.weight, self.scales, self.bias)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, activation={self.activation}")
+                f"bias={self.bias is not None}, activation={self.activation}, bits={self.bits}, "
+                f"group_size={self.group_size}")
 
 
 class Int8Embedding(nn.Module):

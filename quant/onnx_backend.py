@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs, input_names, output_names
 
 from .handler import QuantizationError
-from .onnx_ops import translation_table
+from .onnx_ops import PLACEHOLDER_DOMAIN, translation_table
 
 OPSET = 20
 FOLD_LIMIT = 256  # elements: fold scalars and small constants, never a weight
@@ -56,23 +56,101 @@ def export_graph(model: nn.Module, method: str, tokens_per_call: int, path: Path
         onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
     path.parent.mkdir(parents=True, exist_ok=True)
     program.save(str(path))
-    strip_debug_info(path)
+    import onnx
+
+    model = onnx.load(str(path))
+    strip_debug_info(model)
+    lower_linear_blocks(model)
+    onnx.save(model, str(path))
     return path
 
 
-def strip_debug_info(path: Path) -> None:
+def strip_debug_info(model) -> None:
     """Drop the exporter's per-node metadata (stack traces, FX node text, name scopes) and doc strings.
 
     They hold no computation and, for a small model, outweigh its int8 weights (~0.5 KB per node).
     """
-    import onnx
-
-    model = onnx.load(str(path))
     for node in model.graph.node:
         del node.metadata_props[:]
         node.doc_string = ""
     del model.graph.value_info[:]
-    onnx.save(model, str(path))
+
+
+def pack_matmulnbits(q, scales, block_size: int, bits: int):
+    """q (N, K) int8 numpy (values within ``bits``), scales (N,) or (N, nb) -> (B (N, nb, block_size * bits / 8)
+    uint8, scales (N * nb,) float32): MatMulNBits' layout with its default zero point 2^(bits-1).
+
+    Each value is stored unsigned (q + 2^(bits-1)); K is padded to nb * block_size with the zero
+    point; 4-bit pairs share a byte, the even index in the low nibble.
+    """
+    import numpy as np
+
+    N, K = q.shape
+    nb = -(-K // block_size)
+    zp = 1 << (bits - 1)
+    lo, hi = -zp + (bits == 8), zp - 1  # int8 [-127, 127]; int4 [-8, 7]
+    if int(q.min(initial=0)) < lo or int(q.max(initial=0)) > hi:
+        raise QuantizationError(f"weight values outside the {bits}-bit range [{lo}, {hi}]")
+    u = np.full((N, nb * block_size), zp, dtype=np.uint8)
+    u[:, :K] = (q.astype(np.int16) + zp).astype(np.uint8)
+    u = u.reshape(N, nb, block_size)
+    if bits == 4:
+        u = u[..., 0::2] | (u[..., 1::2] << 4)
+    s = np.asarray(scales, dtype=np.float32)
+    s = np.repeat(s[:, None], nb, axis=1) if s.ndim == 1 else s
+    if s.shape != (N, nb):
+        raise QuantizationError(f"scales of shape {s.shape} for a ({N}, {K}) weight in blocks of {block_size}")
+    return np.ascontiguousarray(u), np.ascontiguousarray(s.reshape(-1))
+
+
+def lower_linear_blocks(model) -> int:
+    """Replace every ``xlstm_quant.LinearBlock`` placeholder by ``com.microsoft.MatMulNBits`` (accuracy level
+    4), its weight and scales initializers packed (``pack_matmulnbits``). Returns the count; raises
+    ``QuantizationError`` if a placeholder's weight or scales is not an initializer."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes, count = [], 0
+    for node in g.node:
+        if node.domain != PLACEHOLDER_DOMAIN:
+            nodes.append(node)
+            continue
+        if node.op_type != "LinearBlock":
+            raise QuantizationError(f"unknown placeholder op {node.domain}.{node.op_type}")
+        x, w_name, s_name = node.input
+        if w_name not in inits or s_name not in inits:
+            raise QuantizationError(f"{node.name}: weight {w_name} / scales {s_name} are not initializers")
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits, block = int(attrs["bits"]), int(attrs["block_size"])
+        q = numpy_helper.to_array(inits[w_name])
+        packed, scales = pack_matmulnbits(q, numpy_helper.to_array(inits[s_name]), block, bits)
+        b_name, sc_name = f"{w_name}.nbits{bits}b{block}", f"{s_name}.nbits{bits}b{block}"
+        if b_name not in inits:
+            inits[b_name] = numpy_helper.from_array(packed, b_name)
+            inits[sc_name] = numpy_helper.from_array(scales, sc_name)
+            g.initializer.extend([inits[b_name], inits[sc_name]])
+        nodes.append(helper.make_node(
+            "MatMulNBits", [x, b_name, sc_name], list(node.output), name=node.name, domain="com.microsoft",
+            K=q.shape[1], N=q.shape[0], bits=bits, block_size=block, accuracy_level=4,
+        ))
+        count += 1
+    if not count:
+        return 0
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    keep = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    imports = [o for o in model.opset_import if o.domain not in (PLACEHOLDER_DOMAIN, "com.microsoft")]
+    del model.opset_import[:]
+    model.opset_import.extend([*imports, onnx.helper.make_opsetid("com.microsoft", 1)])
+    for f in list(model.functions):
+        if f.domain == PLACEHOLDER_DOMAIN:
+            model.functions.remove(f)
+    return count
 
 
 class OrtGraph:
@@ -114,6 +192,8 @@ def inspect_graph(path: Path) -> dict[str, Any]:
                 raise QuantizationError(f"{path.name}: state tensor {value.name} is {dtype}, not float32")
     op_counts: dict[str, int] = {}
     for node in g.node:
+        if node.domain == PLACEHOLDER_DOMAIN:
+            raise QuantizationError(f"{path.name}: placeholder {node.op_type} left in the graph (not lowered)")
         if node.op_type in QUANT_OPS:
             op_counts[node.op_type] = op_counts.get(node.op_type, 0) + 1
             bad = state.intersection(node.input)

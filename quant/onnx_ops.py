@@ -13,6 +13,16 @@ linear_a8w8 per-token asymmetric uint8 activations (``primitives.quantize_per_to
             machine this was written on) ONNX Runtime's uint8 x int8 kernel sums pairs of products in
             int16 with saturation (255 * 127 * 2 > 32767) and returns wrong integers with no error;
             the uint8 x uint8 kernel is exact and as fast.
+linear_block a placeholder node ``xlstm_quant.LinearBlock(x, weight int8 (N, K), scales, block_size,
+            bits)``; ``onnx_backend.lower_linear_blocks`` replaces it after export by ONNX Runtime's
+            ``com.microsoft.MatMulNBits`` (accuracy level 4), packing the weight initializer to
+            its uint8 layout. MatMulNBits quantizes x per block of ``block_size`` inputs,
+            symmetric int8, and multiplies in integers per block: the arithmetic of
+            ``ops.linear_block``, to float32 rounding (checked per graph and in the tests).
+            One fused kernel per Linear (int4-dynamic). Exact for one row (decode); with many
+            rows (prefill) ONNX Runtime 1.31.1 takes another path whose activation scales differ
+            by up to ~4e-4 relative (measured on the small preset), so int8-dynamic keeps the
+            per-token form above until that path is reproduced (see bench/results/quant.md).
 """
 
 from __future__ import annotations
@@ -21,10 +31,24 @@ from collections.abc import Callable
 
 import onnx
 import torch
+from onnx.defs import OpSchema
 from onnxscript import FLOAT, INT32, UINT8
 from onnxscript import opset20 as op
+from onnxscript.values import Op, Opset
 
 from .primitives import ACT_LEVELS, SCALE_EPS
+
+PLACEHOLDER_DOMAIN = "xlstm_quant"
+_SCHEMA = OpSchema(
+    "LinearBlock", PLACEHOLDER_DOMAIN, 1,
+    inputs=[OpSchema.FormalParameter("x", "T"), OpSchema.FormalParameter("weight", "tensor(int8)"),
+            OpSchema.FormalParameter("scales", "T")],
+    outputs=[OpSchema.FormalParameter("y", "T")],
+    type_constraints=[("T", ["tensor(float)"], "float32")],
+    attributes=[OpSchema.Attribute("block_size", OpSchema.AttrType.INT, "inputs per block of K"),
+                OpSchema.Attribute("bits", OpSchema.AttrType.INT, "weight bits, 8 or 4")],
+)
+_LINEAR_BLOCK = Op(Opset(PLACEHOLDER_DOMAIN, 1), "LinearBlock", _SCHEMA)  # lowered before anything runs it
 
 
 def _u8(value: int):
@@ -63,6 +87,12 @@ def onnx_linear_a8w8(x, weight, scales, bias=None):
     return y if bias is None else op.Add(y, bias)
 
 
+def onnx_linear_block(x, weight, scales, bias=None, block_size: int = 128, bits: int = 8):
+    """x (..., K) float, weight (N, K) int8, scales (N,) or (N, nb) -> (..., N) (placeholder, see above)."""
+    y = _LINEAR_BLOCK(x, weight, scales, block_size=block_size, bits=bits)
+    return y if bias is None else op.Add(y, bias)
+
+
 def translation_table() -> dict[Callable, Callable]:
     """{custom op overload: ONNX translation} for ``torch.onnx.export(..., custom_translation_table=...)``."""
     from . import ops  # noqa: F401  (registers the ops)
@@ -70,4 +100,5 @@ def translation_table() -> dict[Callable, Callable]:
     return {
         torch.ops.xlstm_quant.linear_w8.default: onnx_linear_w8,
         torch.ops.xlstm_quant.linear_a8w8.default: onnx_linear_a8w8,
+        torch.ops.xlstm_quant.linear_block.default: onnx_linear_block,
     }

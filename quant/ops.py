@@ -1,8 +1,16 @@
-"""The two quantized matrix products as PyTorch custom ops: the eager reference of each scheme.
+"""The quantized matrix products as PyTorch custom ops: the eager reference of each scheme and backend.
 
 ``xlstm_quant::linear_w8(x, weight, scales, bias)``      int8-weight: y = x @ (weight * scales)^T + bias
-``xlstm_quant::linear_a8w8(x, weight, scales, bias)``    int8-dynamic: x quantized per token (see
-    ``primitives.quantize_per_token``), integer product, then y = acc * x_scale * scales + bias
+``xlstm_quant::linear_a8w8(x, weight, scales, bias)``    int8-dynamic on ExecuTorch (XNNPACK qd8-qc8w):
+    x quantized per token (see ``primitives.quantize_per_token``), integer product, then
+    y = acc * x_scale * scales + bias
+``xlstm_quant::linear_a8w8_token_group(x, weight, scales, bias, group_size)``   int4-dynamic on
+    ExecuTorch (XNNPACK qd8-qb4w): x per token as above, weight scales per group of ``group_size``
+    inputs: y = x_scale * sum_g scales[:, g] * acc_g + bias
+``xlstm_quant::linear_block(x, weight, scales, bias, block_size, bits)``   int8-dynamic and
+    int4-dynamic on ONNX Runtime (``MatMulNBits``, accuracy level 4): x quantized per block of
+    ``block_size`` inputs, symmetric (``primitives.quantize_per_block_symmetric``); weight scales
+    per channel (N,) or per block (N, nb): y = sum_b x_scale[:, b] * scales[:, b] * acc_b + bias
 
 Shapes: x (..., K) float32, weight (N, K) int8, scales (N,) float32, bias (N,) or None -> y (..., N).
 Being custom ops, they reach ``torch.export`` / ``torch.onnx.export`` as single nodes that the ONNX
@@ -15,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .primitives import quantize_per_token
+from .primitives import quantize_per_block_symmetric, quantize_per_token
 
 
 def _check(x: Tensor, weight: Tensor, scales: Tensor) -> None:
@@ -60,4 +68,78 @@ def linear_a8w8(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) 
 
 @linear_a8w8.register_fake
 def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+def _check_group(x: Tensor, weight: Tensor, scales: Tensor, group: int) -> int:
+    """Shape checks for grouped scales; returns the number of groups along K."""
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise TypeError(f"weight must be a 2-D int8 tensor, got {weight.dtype} {tuple(weight.shape)}")
+    N, K = weight.shape
+    if x.shape[-1] != K:
+        raise ValueError(f"input has {x.shape[-1]} features, the weight expects {K}")
+    if group < 1:
+        raise ValueError(f"group / block size must be positive, got {group}")
+    nb = -(-K // group)
+    if scales.shape not in ((N,), (N, nb)):
+        raise ValueError(f"scales must be ({N},) or ({N}, {nb}), got {tuple(scales.shape)}")
+    return nb
+
+
+def _blockwise(q: Tensor, weight: Tensor, scales: Tensor, block: int) -> list[tuple[Tensor, Tensor]]:
+    """Per block b of K: (exact integer product (M, N) float64, weight scales (N,) float64)."""
+    N, K = weight.shape
+    out = []
+    for b, k0 in enumerate(range(0, K, block)):
+        k1 = min(k0 + block, K)
+        acc = q[:, k0:k1].double() @ weight[:, k0:k1].double().t()  # exact: |partial sums| < 2^53
+        ws = scales.double() if scales.dim() == 1 else scales[:, b].double()
+        out.append((acc, ws))
+    return out
+
+
+@torch.library.custom_op("xlstm_quant::linear_a8w8_token_group", mutates_args=())
+def linear_a8w8_token_group(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None,
+                            group_size: int) -> Tensor:
+    """Per-token asymmetric 8-bit activations, weights with one scale per (channel, group of K)."""
+    _check_group(x, weight, scales, group_size)
+    lead = x.shape[:-1]
+    q, x_scale, zp = quantize_per_token(x.reshape(-1, x.shape[-1]).to(torch.float32))
+    y = torch.zeros(q.shape[0], weight.shape[0], dtype=torch.float64)
+    for acc, ws in _blockwise(q - zp[:, None], weight, scales, group_size):
+        y += acc * ws[None, :]
+    y = (y * x_scale.double()[:, None]).to(torch.float32)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, weight.shape[0])
+
+
+@linear_a8w8_token_group.register_fake
+def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, group_size: int) -> Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("xlstm_quant::linear_block", mutates_args=())
+def linear_block(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, block_size: int,
+                 bits: int) -> Tensor:
+    """Per-block symmetric 8-bit activations times ``bits``-bit weights (ONNX Runtime's MatMulNBits).
+
+    ``bits`` (8 or 4) only names the weight format of the graph; the integers are ``weight``'s.
+    """
+    _check_group(x, weight, scales, block_size)
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 4 or 8, got {bits}")
+    lead = x.shape[:-1]
+    q, x_scale = quantize_per_block_symmetric(x.reshape(-1, x.shape[-1]).to(torch.float32), block_size)
+    y = torch.zeros(q.shape[0], weight.shape[0], dtype=torch.float64)
+    for b, (acc, ws) in enumerate(_blockwise(q, weight, scales, block_size)):
+        y += acc * (x_scale[:, b].double()[:, None] * ws[None, :])
+    y = y.to(torch.float32)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, weight.shape[0])
+
+
+@linear_block.register_fake
+def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None, block_size: int, bits: int) -> Tensor:
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)

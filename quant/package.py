@@ -32,7 +32,7 @@ from xlstm_edge.export import metadata as md
 
 from xlstm_edge.config import xLSTMConfig
 
-from .handler import QuantizationError, check_scheme, quantize_model
+from .handler import SCHEMES, QuantizationError, check_scheme, quantize_model
 from .quality import EvalTextError, compare_eval, eval_ids, greedy_compare, zero_state
 from .verify import (
     TIGHT_MAX_REL_ERR,
@@ -44,11 +44,13 @@ from .verify import (
     step_parity,
 )
 
-BACKEND_SCHEMES = {"onnxruntime": ("int8-weight", "int8-dynamic"), "executorch": ("int8-dynamic",)}
+BACKEND_SCHEMES = {"onnxruntime": ("int8-weight", "int8-dynamic", "int4-dynamic"),
+                   "executorch": ("int8-dynamic", "int4-dynamic")}
 UNAVAILABLE = {  # why a backend lacks a scheme (see ../shared/ENVIRONMENT.md and torchao_bridge)
     "executorch": "no correct weight-only int8 Linear in ExecuTorch 1.5.1 / XNNPACK (torchao's weight-only "
                   "configs lower to wrong outputs with no error; a dequantize-in-graph Linear runs on portable "
-                  "kernels, far slower than float32); use int8-dynamic, or an ONNX package for int8-weight",
+                  "kernels, far slower than float32); use int8-dynamic or int4-dynamic, or an ONNX package for "
+                  "int8-weight",
     "onnxruntime": "",
 }
 PROMPT_TOKENS = 32
@@ -70,9 +72,15 @@ class QuantizeOptions:
     allow_quality_loss: bool = False
     eval_tokens: int = 2048
     greedy_tokens: int = 256
-    max_ppl_increase: float = 0.01  # relative
-    min_greedy_agreement: float = 0.95
+    max_ppl_increase: float | None = None  # relative; None: the scheme's default (handler.SCHEMES)
+    min_greedy_agreement: float | None = None  # None: the scheme's default
     num_threads: int = 2
+
+    def gate(self) -> tuple[float, float]:
+        """(largest relative perplexity increase, smallest greedy agreement): given, else the scheme's."""
+        sch = SCHEMES[self.scheme]
+        return (sch.max_ppl_increase if self.max_ppl_increase is None else self.max_ppl_increase,
+                sch.min_greedy_agreement if self.min_greedy_agreement is None else self.min_greedy_agreement)
 
 
 @dataclass
@@ -251,7 +259,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
     log_t(f"loading {checkpoint} and checking it against {package} ...")
     model = load_source_model(checkpoint, manifest)
     source_err = check_source(package, manifest, model, opts.num_threads)
-    qmodel = quantize_model(copy.deepcopy(model), opts.scheme, opts.embedding)
+    qmodel = quantize_model(copy.deepcopy(model), opts.scheme, opts.embedding, backend=manifest.backend)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -285,14 +293,15 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
         log_t(f"perplexity and KL over {ids.numel()} held-out tokens ...")
         ev = compare_eval(model, qmodel, ids)
         size_fp32, size_int8 = _dir_bytes(package), _dir_bytes(tmp)
-        passed = ev.ppl_increase <= opts.max_ppl_increase and greedy.agreement >= opts.min_greedy_agreement
+        max_ppl, min_greedy = opts.gate()
+        passed = ev.ppl_increase <= max_ppl and greedy.agreement >= min_greedy
         report = {
             "eval": {"source": eval_source, **asdict(ev), "measured_on": "eager int8 reference (graph parity above)"},
             "greedy": {"prompt_tokens": greedy.prompt_tokens, "generated_tokens": greedy.generated_tokens,
                        "agreement": greedy.agreement, "agreement_eager_int8": greedy.agreement_eager_int8,
                        "measured_on": f"{manifest.backend} step graph, teacher-forced on float32's greedy tokens"},
             "size": {"fp32_bytes": size_fp32, "int8_bytes": size_int8, "ratio": size_int8 / size_fp32},
-            "gate": {"max_ppl_increase": opts.max_ppl_increase, "min_greedy_agreement": opts.min_greedy_agreement,
+            "gate": {"max_ppl_increase": max_ppl, "min_greedy_agreement": min_greedy,
                      "passed": passed, "allowed_loss": bool(opts.allow_quality_loss and not passed)},
         }
         if not passed and not opts.allow_quality_loss:

@@ -6,6 +6,10 @@ the SAME int8 values and scales (zero point 0, one block per output row) with
 weight_dtype=torch.int8, weight_granularity=PerAxis(0))`` builds, minus its own choice of scales
 (torchao's symmetric scale is amax / 127.5 with [-128, 127]; ours is amax / 127 with [-127, 127]).
 XNNPACK runs it as a dynamically quantized fully connected (qd8 x qc8w).
+A 4-bit ``Int8Linear`` (int4-dynamic) -> the same tensor with ``target_dtype=torch.int4`` and one block
+per (row, group of ``group_size`` inputs): ``Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
+weight_granularity=PerGroup(group_size))`` minus its scales (ours: amax / 7, [-7, 7]); XNNPACK runs it
+as qd8 x qb4w.
 ``Int8Embedding`` -> ``nn.Embedding`` with a weight-only ``IntxUnpackedToInt8Tensor`` (ExecuTorch's
 ``quantized_decomposed::embedding_byte``; needs ``import executorch.kernels.quantized`` at run time).
 
@@ -26,32 +30,40 @@ from .modules import Int8Embedding, Int8Linear
 ACT_PER_TOKEN = "int8_asym_per_token"
 
 
-def _intx_tensor(q: torch.Tensor, scales: torch.Tensor, activation: str | None):
+def _intx_tensor(q: torch.Tensor, scales: torch.Tensor, activation: str | None, bits: int = 8,
+                 group_size: int = 0):
     from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
         IntxUnpackedToInt8Tensor,
     )
 
     rows, cols = q.shape
+    if group_size and cols % group_size:
+        raise QuantizationError(f"int4-dynamic on executorch needs in_features ({cols}) to be a multiple of the "
+                                f"group size {group_size}")
+    scale = scales.float().reshape(rows, -1).clone()  # (rows, 1) per channel, (rows, groups)
     return IntxUnpackedToInt8Tensor(
         qdata=q.contiguous(),
-        scale=scales.float().reshape(rows, 1).clone(),
-        zero_point=torch.zeros(rows, 1, dtype=torch.int8),
-        target_dtype=torch.int8,
-        block_size=(1, cols),
+        scale=scale,
+        zero_point=torch.zeros(scale.shape, dtype=torch.int8),
+        target_dtype=torch.int4 if bits == 4 else torch.int8,
+        block_size=(1, group_size or cols),
         dtype=torch.float32,
         activation_quantization=activation,
     )
 
 
 def linear_to_torchao(mod: Int8Linear) -> nn.Linear:
-    """An ``Int8Linear`` with per-token activations -> ``nn.Linear`` with a torchao int8 weight."""
+    """An ``Int8Linear`` with per-token activations -> ``nn.Linear`` with a torchao int8 / int4 weight."""
+    if mod.activation == "per_block":
+        raise QuantizationError("per-block activations are ONNX Runtime's form; quantize for backend executorch")
     if mod.activation != "per_token":
         raise QuantizationError(
             "weight-only int8 Linear has no correct ExecuTorch/XNNPACK form (IntxWeightOnlyConfig lowers to wrong "
             "outputs with no error; dequantizing in the graph runs ~25x slower than float32): use int8-dynamic"
         )
     lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-    lin.weight = nn.Parameter(_intx_tensor(mod.weight, mod.scales, ACT_PER_TOKEN), requires_grad=False)
+    lin.weight = nn.Parameter(_intx_tensor(mod.weight, mod.scales, ACT_PER_TOKEN, mod.bits, mod.group_size),
+                              requires_grad=False)
     if mod.bias is not None:
         lin.bias = nn.Parameter(mod.bias.clone(), requires_grad=False)
     return lin

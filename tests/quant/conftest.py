@@ -74,24 +74,25 @@ class Built:
 
 @pytest.fixture(scope="session")
 def ort_built(tmp_path_factory) -> Built:
-    """ONNX Runtime: float32 package of ``ms_model``; int8-weight (embedding fp32) and int8-dynamic
-    (embedding int8) packages."""
+    """ONNX Runtime: float32 package of ``ms_model``; int8-weight (embedding fp32), int8-dynamic
+    (embedding int8) and int4-dynamic (embedding fp32) packages."""
     root = tmp_path_factory.mktemp("quant-ort")
     model = ms_model()
     ckpt = write_checkpoint(model, root / "ckpt")
     built = Built(model, ckpt, write_float_package(model, root / "fp32", "onnx", ckpt))
-    for scheme, emb in (("int8-weight", "fp32"), ("int8-dynamic", "int8")):
+    for scheme, emb in (("int8-weight", "fp32"), ("int8-dynamic", "int8"), ("int4-dynamic", "fp32")):
         built.int8[scheme, emb] = quantize(built.package, root / f"{scheme}-{emb}", scheme, embedding=emb)
     return built
 
 
 @pytest.fixture(scope="session")
 def et_built(tmp_path_factory) -> Built:
-    """ExecuTorch: float32 package of ``one_block_model``; its int8-dynamic package (embedding int8)."""
+    """ExecuTorch: float32 package of ``one_block_model``; its int8-dynamic (embedding int8) and
+    int4-dynamic (embedding fp32) packages."""
     root = tmp_path_factory.mktemp("quant-et")
     model = one_block_model()
     ckpt = write_checkpoint(model, root / "ckpt")
     built = Built(model, ckpt, write_float_package(model, root / "fp32", "executorch", ckpt))
-    built.int8["int8-dynamic", "int8"] = quantize(built.package, root / "int8-dynamic-int8", "int8-dynamic",
-                                                  embedding="int8")
+    for scheme, emb in (("int8-dynamic", "int8"), ("int4-dynamic", "fp32")):
+        built.int8[scheme, emb] = quantize(built.package, root / f"{scheme}-{emb}", scheme, embedding=emb)
     return built

@@ -9,10 +9,14 @@ from torch import nn
 from xlstm_edge.quant import ops
 from xlstm_edge.quant.modules import Int8Embedding, Int8Linear
 from xlstm_edge.quant.primitives import (
+    INT4_QMAX,
     WEIGHT_QMAX,
     dequantize_per_channel,
+    expand_group_scales,
     fake_quantize_per_token,
+    quantize_per_block_symmetric,
     quantize_per_channel_symmetric,
+    quantize_per_group_symmetric,
     quantize_per_token,
 )
 
@@ -103,3 +107,78 @@ def test_int8_embedding(seed):
     ids = torch.randint(0, 50, (3, 9))
     assert rel_err(mod(ids), emb(ids).double()) < 1e-2, f"seed {seed}"
     torch.testing.assert_close(mod(ids), mod.dequantized_weight()[ids])
+
+
+def test_per_block_symmetric_grid(seed):
+    x = torch.randn(5, 200) * 3
+    x[2, 128:] = 0  # an all-zero (short) block: scale 0, q 0
+    q, scale = quantize_per_block_symmetric(x, 128)
+    assert q.shape == x.shape and scale.shape == (5, 2) and float(scale[2, 1]) == 0
+    assert bool((q == q.round()).all()) and float(q.abs().max()) == 127
+    deq = q * scale.repeat_interleave(128, 1)[:, :200]
+    assert bool(((deq - x).abs() <= scale.repeat_interleave(128, 1)[:, :200] / 2 * (1 + 1e-5)).all()), f"seed {seed}"
+    tie = torch.tensor([[1.4104024171829224, 2.8208048343658447]])  # x * (127 / amax) = 63.500004 in float32
+    assert quantize_per_block_symmetric(tie, 128)[0].tolist() == [[64.0, 127.0]]  # MLAS's float32 product
+
+
+def test_per_group_symmetric_bf16_scales(seed):
+    w = torch.randn(24, 96) * torch.rand(24, 1)
+    q, scale = quantize_per_group_symmetric(w, 32, INT4_QMAX)
+    assert q.dtype == torch.int8 and scale.shape == (24, 3) and int(q.abs().max()) <= INT4_QMAX
+    assert bool((scale.to(torch.bfloat16).float() == scale).all())  # XNNPACK keeps 4-bit scales as bfloat16
+    amax = w.reshape(24, 3, 32).abs().amax(-1)
+    assert bool((scale >= amax / INT4_QMAX).all()) and bool((scale <= amax / INT4_QMAX * (1 + 2**-7)).all())
+    deq = q.float() * expand_group_scales(scale, 96, 32)
+    assert bool(((deq - w).abs() <= expand_group_scales(scale, 96, 32) / 2 * (1 + 1e-5)).all()), f"seed {seed}"
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, 0), (4, 32)])
+def test_linear_block_is_the_blockwise_integer_product(seed, bits, group):
+    """ONNX Runtime's arithmetic: x fake-quantized per block (symmetric), exact products, float64 reference."""
+    x, w = torch.randn(2, 3, 160), torch.randn(40, 160) * 0.2
+    q, scale = (quantize_per_group_symmetric(w, group, INT4_QMAX) if group else quantize_per_channel_symmetric(w))
+    block = group or 64
+    y = ops.linear_block(x, q, scale, None, block, bits)
+    xq, xs = quantize_per_block_symmetric(x.reshape(6, 160), block)
+    xd = (xq.double() * xs.double().repeat_interleave(block, 1)[:, :160]).reshape(2, 3, 160)
+    ref = xd @ (q.double() * expand_group_scales(scale, 160, group or 160).double()).t()
+    assert y.shape == (2, 3, 40) and rel_err(y, ref) < 1e-6, f"seed {seed}"
+    assert rel_err(y, x.double() @ w.double().t()) < (2e-1 if bits == 4 else 3e-2)
+
+
+def test_linear_token_group_is_the_integer_product(seed):
+    """XNNPACK qd8-qb4w's arithmetic: x fake-quantized per token, 4-bit group weights."""
+    x, w = torch.randn(4, 96), torch.randn(24, 96)
+    q, scale = quantize_per_group_symmetric(w, 32, INT4_QMAX)
+    y = ops.linear_a8w8_token_group(x, q, scale, None, 32)
+    ref = fake_quantize_per_token(x).double() @ (q.double() * expand_group_scales(scale, 96, 32).double()).t()
+    assert rel_err(y, ref) < 1e-6, f"seed {seed}"
+
+
+@pytest.mark.parametrize(("bits", "group"), [(8, 0), (4, 32)])
+def test_matmulnbits_packing_round_trip(bits, group):
+    from xlstm_edge.quant.onnx_backend import pack_matmulnbits
+
+    w = torch.randn(6, 80)
+    q, scale = (quantize_per_group_symmetric(w, group, INT4_QMAX) if group else quantize_per_channel_symmetric(w))
+    block = group or 64
+    packed, flat = pack_matmulnbits(q.numpy(), scale.numpy(), block, bits)
+    nb = -(-80 // block)
+    assert packed.shape == (6, nb, block * bits // 8) and flat.shape == (6 * nb,)
+    u = torch.from_numpy(packed.astype("int16")).reshape(6, -1)
+    if bits == 4:
+        u = torch.stack([u & 15, u >> 4], -1).reshape(6, -1)
+    assert torch.equal(u[:, :80] - (1 << (bits - 1)), q.to(torch.int16))  # zero point 2^(bits-1)
+    assert bool((u[:, 80:] == 1 << (bits - 1)).all())  # padding holds the zero point
+
+
+def test_int4_linear_module(seed):
+    lin = nn.Linear(64, 16)
+    mod = Int8Linear.from_linear(lin, "per_token", bits=4, group_size=32)
+    assert mod.scales.shape == (16, 2)
+    ref = torch.randn(3, 64)
+    assert rel_err(mod(ref), ref.double() @ lin.weight.double().t() + lin.bias.double()) < 2e-1, f"seed {seed}"
+    with pytest.raises(ValueError, match="4-bit weights per group"):
+        Int8Linear(64, 16, bits=4, group_size=0, activation="per_token")
+    with pytest.raises(ValueError, match="8-bit only"):
+        Int8Linear(64, 16, bits=4, group_size=32, activation="none")
