@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import rel_err
+from tests.kernels.metrics import dm0_rel_err
 from xlstm_edge.mlstm import mlstm_chunkwise, mlstm_step
 from xlstm_edge.slstm import slstm_scan
 
@@ -35,8 +36,7 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size, state_tiles):
 
     config = ChunkwiseConfig(block_k_states=state_tiles[0], block_v_states=state_tiles[1])
 
-    # B * NH = 8: dm0 is one number per head, each a random-sign sum; a relative error over 2 numbers
-    # measured the draw (one near 0 by chance) as much as the kernel
+    # dm0 is one random-sign sum per head: bounded against the spread of its terms (metrics.py)
     B, NH, S, DQK, DV = 2, 4, 333, 256, 512
     q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
     v = torch.randn(B, NH, S, DV, device=DEV).to(dtype)
@@ -61,7 +61,11 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size, state_tiles):
     errs = {n: rel_err(a, b) for n, a, b in zip(("h", "C", "n", "m"), outs, outs64, strict=True)}
     names = ("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
     errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
+    errs["dm0 (plain)"] = errs.pop("dm0")  # reported, not bounded: a ratio of random numbers (see metrics.py)
+    (C0, n0, m0), (C0r, n0r, m0r) = leaves[5:], leaves64[5:]
+    errs["dm0"] = dm0_rel_err(m0.grad, m0r.grad, C0, C0r.grad, n0, n0r.grad)
     bad = _report(f"chunkwise {dtype} L={chunk_size} state tiles {state_tiles}", errs, TOL[dtype])
+    bad.pop("dm0 (plain)", None)
     assert not bad, (seed, bad)
 
 
