@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import rel_err
-from tests.kernels.metrics import dm0_rel_err
+from tests.kernels.metrics import chunkwise_errors
 from xlstm_edge.mlstm import mlstm_chunkwise, mlstm_step
 from xlstm_edge.slstm import slstm_scan
 
@@ -30,40 +30,12 @@ def _report(label, errs, tol):
 @pytest.mark.parametrize("chunk_size", [32, 64])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_chunkwise_7b_heads(seed, dtype, chunk_size, state_tiles):
-    """state_tiles (0, 0): automatic (small here: B * NH = 2 programs per tile); (128, 128): the tiles
+    """state_tiles (0, 0): automatic (small here: B * NH = 8 programs per tile); (128, 128): the tiles
     that the automatic choice takes at training batch sizes."""
-    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig
 
     config = ChunkwiseConfig(block_k_states=state_tiles[0], block_v_states=state_tiles[1])
-
-    # dm0 is one random-sign sum per head: bounded against the spread of its terms (metrics.py)
-    B, NH, S, DQK, DV = 2, 4, 333, 256, 512
-    q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
-    v = torch.randn(B, NH, S, DV, device=DEV).to(dtype)
-    i = torch.randn(B, NH, S, device=DEV)
-    f = torch.randn(B, NH, S, device=DEV) + 3
-    state = (
-        torch.randn(B, NH, DQK, DV, device=DEV),
-        torch.randn(B, NH, DQK, device=DEV),
-        torch.randn(B, NH, device=DEV),
-    )
-    leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f, *state)]
-    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    h, final = mlstm_chunkwise_triton(
-        *leaves[:5], state=tuple(leaves[5:]), chunk_size=chunk_size, return_state=True, config=config
-    )
-    h64, final64 = mlstm_chunkwise(*leaves64[:5], state=tuple(leaves64[5:]), chunk_size=64)
-    outs, outs64 = [h, *final], [h64, *final64]
-    # the incoming gradients are inputs too: both sides get them rounded to the output's dtype
-    grads = [torch.randn_like(o).to(out.dtype) for o, out in zip(outs64, outs, strict=True)]
-    torch.autograd.backward(outs, grads)
-    torch.autograd.backward(outs64, [g.double() for g in grads])
-    errs = {n: rel_err(a, b) for n, a, b in zip(("h", "C", "n", "m"), outs, outs64, strict=True)}
-    names = ("dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
-    errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
-    errs["dm0 (plain)"] = errs.pop("dm0")  # reported, not bounded: a ratio of random numbers (see metrics.py)
-    (C0, n0, m0), (C0r, n0r, m0r) = leaves[5:], leaves64[5:]
-    errs["dm0"] = dm0_rel_err(m0.grad, m0r.grad, C0, C0r.grad, n0, n0r.grad)
+    errs = chunkwise_errors((2, 4, 333, 256, 512), dtype, chunk_size, DEV, config)
     bad = _report(f"chunkwise {dtype} L={chunk_size} state tiles {state_tiles}", errs, TOL[dtype])
     bad.pop("dm0 (plain)", None)
     assert not bad, (seed, bad)
