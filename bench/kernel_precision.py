@@ -5,7 +5,8 @@ shows the distribution behind them: for each dtype and chunk size, the median an
 error (norm-wise, against a float64 PyTorch reference on the same rounded inputs and the same
 rounded incoming gradients) of the output, the final state and every gradient, over --seeds draws
 at xLSTM 7B head dims (DQK 256, DV 512), S 333 by default (a partial last chunk), with an initial
-state. With --out the table is appended to DIR/kernel_precision.md.
+state. dm0 is measured against the spread of its terms (tests/kernels/metrics.py), the plain figure
+beside it. With --out the table is appended to DIR/kernel_precision.md.
 
 Usage (CUDA machine, `xlstm_edge` importable):
     python bench/kernel_precision.py [--seeds 8] [--chunks 32,64] [--seq 333] [--heads 2] [--out DIR]
@@ -20,43 +21,12 @@ import statistics
 from pathlib import Path
 
 import torch
-from xlstm_edge.kernels.mlstm_chunkwise.forward import ChunkwiseConfig
-from xlstm_edge.kernels.mlstm_chunkwise.function import MLSTMChunkwiseFunction, _Settings
 
-from xlstm_edge.mlstm import mlstm_chunkwise
+from tests.kernels.metrics import (
+    chunkwise_errors,  # the draw the GPU tests make (repository root on the path)
+)
 
-NAMES = ("h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    expected = expected.double()
-    return ((actual.double() - expected).norm() / expected.norm()).item()
-
-
-def one_draw(
-    seed: int, dtype: torch.dtype, chunk: int, shape=(1, 2, 333, 256, 512), dev: str = "cuda"
-) -> dict[str, float]:
-    """Errors of every output and gradient for one random draw. shape = (B, NH, S, DQK, DV)."""
-    torch.manual_seed(seed)
-    B, NH, S, DQK, DV = shape
-    q, k = (torch.randn(B, NH, S, DQK, device=dev).to(dtype) for _ in range(2))
-    v = torch.randn(B, NH, S, DV, device=dev).to(dtype)
-    i = torch.randn(B, NH, S, device=dev)
-    f = torch.randn(B, NH, S, device=dev) + 3
-    state = (torch.randn(B, NH, DQK, DV, device=dev), torch.randn(B, NH, DQK, device=dev),
-             torch.randn(B, NH, device=dev))  # fmt: skip
-    leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f, *state)]
-    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    settings = _Settings(chunk_size=chunk, eps=1e-6, config=ChunkwiseConfig())
-    outs = list(MLSTMChunkwiseFunction.apply(*leaves, settings))
-    h64, final64 = mlstm_chunkwise(*leaves64[:5], state=tuple(leaves64[5:]), chunk_size=64)
-    outs64 = [h64, *final64]
-    grads = [torch.randn_like(o).to(out.dtype) for o, out in zip(outs64, outs, strict=True)]
-    torch.autograd.backward(outs, grads)
-    torch.autograd.backward(outs64, [g.double() for g in grads])
-    errs = [rel_err(a, b) for a, b in zip(outs, outs64, strict=True)]
-    errs += [rel_err(a.grad, b.grad) for a, b in zip(leaves, leaves64, strict=True)]
-    return dict(zip(NAMES, errs, strict=True))
+NAMES = ("h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0", "dm0 (plain)")
 
 
 def main() -> None:
@@ -79,8 +49,11 @@ def main() -> None:
         dtype = getattr(torch, dtype_name)
         for chunk in (int(c) for c in args.chunks.split(",")):
             try:
-                shape = (1, args.heads, args.seq, 256, 512)
-                draws = [one_draw(seed, dtype, chunk, shape) for seed in range(args.seeds)]
+                shape = (1, args.heads, args.seq, 256, 512)  # B, NH, S, DQK, DV
+                draws = []
+                for seed in range(args.seeds):
+                    torch.manual_seed(seed)
+                    draws.append(chunkwise_errors(shape, dtype, chunk, "cuda", any_chunk=True))
             except Exception as err:  # noqa: BLE001 - a configuration that fails is a row of the table
                 lines.append(f"| {dtype_name} | {chunk} | failed: {type(err).__name__}: {str(err)[:200]} |")
                 print(lines[-1], flush=True)

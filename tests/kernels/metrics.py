@@ -20,9 +20,11 @@ def dm0_rel_err(dm0, dm0_ref, C0, dC0_ref, n0, dn0_ref) -> float:
     return ((dm0.double() - dm0_ref) / spread).norm().item() / spread.numel() ** 0.5
 
 
-def chunkwise_errors(shape, dtype, chunk_size, device, config=None) -> dict[str, float]:
+def chunkwise_errors(shape, dtype, chunk_size, device, config=None, any_chunk: bool = False) -> dict[str, float]:
     """One random draw through ``mlstm_chunkwise_triton`` and the float64 PyTorch chunkwise form.
 
+    any_chunk: call the autograd function directly, past the op's refusal of chunk sizes above
+    MAX_CUDA_CHUNK on CUDA (bench/kernel_precision.py, to watch whether they still miscompute).
     shape (B, NH, S, DQK, DV); q, k, v in ``dtype``, gates and the initial state float32; the incoming
     gradients of h and of the final state are rounded to each output's dtype for both sides (they are
     inputs too). Returns the relative error of h, C, n, m and of every gradient; dm0 against the spread
@@ -43,9 +45,16 @@ def chunkwise_errors(shape, dtype, chunk_size, device, config=None) -> dict[str,
              torch.randn(B, NH, device=device))  # fmt: skip
     leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f, *state)]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    h, final = mlstm_chunkwise_triton(
-        *leaves[:5], state=tuple(leaves[5:]), chunk_size=chunk_size, return_state=True, config=config
-    )
+    if any_chunk:
+        from xlstm_edge.kernels.mlstm_chunkwise.forward import ChunkwiseConfig
+        from xlstm_edge.kernels.mlstm_chunkwise.function import MLSTMChunkwiseFunction, _Settings
+
+        settings = _Settings(chunk_size=chunk_size, eps=1e-6, config=config or ChunkwiseConfig())
+        h, *final = MLSTMChunkwiseFunction.apply(*leaves, settings)
+    else:
+        h, final = mlstm_chunkwise_triton(
+            *leaves[:5], state=tuple(leaves[5:]), chunk_size=chunk_size, return_state=True, config=config
+        )
     h64, final64 = mlstm_chunkwise(*leaves64[:5], state=tuple(leaves64[5:]), chunk_size=64)
     assert h.dtype == dtype and all(t.dtype == torch.float32 for t in final)
     outs, outs64 = [h, *final], [h64, *final64]
