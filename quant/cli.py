@@ -18,13 +18,13 @@ def _mib(n: int) -> str:
 
 
 def format_report(report: dict[str, Any], scheme: str) -> str:
-    """The quality report as a table (float32 | int8 | change), then the gate's verdict."""
+    """The quality report as a table (float32 | the scheme | change), then the gate's verdict."""
     ev, gr, size, gate = report["eval"], report["greedy"], report["size"], report["gate"]
     rows = [
         ("metric", "float32", scheme, "change"),
         (f"perplexity ({ev['tokens']} held-out tokens)", f"{ev['ppl_fp32']:.4f}", f"{ev['ppl_int8']:.4f}",
          f"{100 * ev['ppl_increase']:+.2f}%"),
-        ("KL(fp32 || int8), nats/token (mean / max)", "", f"{ev['kl_mean']:.2e} / {ev['kl_max']:.2e}", ""),
+        (f"KL(float32 || {scheme}), nats/token (mean / max)", "", f"{ev['kl_mean']:.2e} / {ev['kl_max']:.2e}", ""),
         ("top-1 agreement on held-out text", "", f"{100 * ev['top1_agreement']:.1f}%", ""),
         (f"greedy agreement ({gr['generated_tokens']} tokens, graph)", "", f"{100 * gr['agreement']:.1f}%", ""),
         ("package size", _mib(size["fp32_bytes"]), _mib(size["int8_bytes"]), f"{size['ratio']:.2f}x"),
