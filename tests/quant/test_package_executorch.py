@@ -21,7 +21,7 @@ from xlstm_edge.quant.verify import (
 )
 
 from tests.conftest import rel_err
-from tests.quant.conftest import PREFILL_TOKENS, quantize
+from tests.quant.conftest import PREFILL_TOKENS, noise_bound, quantize
 
 KEY = ("int8-dynamic", "int8")
 KEYS = [KEY, ("int4-dynamic", "fp32")]
@@ -46,7 +46,7 @@ def test_manifest_and_lowering(et_built, key):
 def test_program_matches_eager_int8_and_stays_near_float(et_built, seed, key):
     model = et_built.model
     qmodel = quantize_model(copy.deepcopy(model), *key, backend="executorch")
-    noise = 4e-1 if key[0] == "int4-dynamic" else 5e-2  # the quantization noise itself, bounded
+    noise = noise_bound(key[0])  # the quantization noise itself, bounded
     pte = et_built.int8[key].out / "model.pte"
     step = PteMethod(pte, "step")
     inspect_method(step, 1)  # state I/O float32

@@ -24,7 +24,7 @@ from xlstm_edge.quant.verify import (
 )
 
 from tests.conftest import rel_err
-from tests.quant.conftest import EVAL_TOKENS, GREEDY_TOKENS, PREFILL_TOKENS, quantize
+from tests.quant.conftest import EVAL_TOKENS, GREEDY_TOKENS, PREFILL_TOKENS, noise_bound, quantize
 
 CASES = [("int8-weight", "fp32"), ("int8-dynamic", "int8"), ("int4-dynamic", "fp32")]
 
@@ -58,7 +58,7 @@ def test_graphs_match_eager_int8_and_stay_near_float(ort_built, seed, scheme, em
     step = step_parity(OrtGraph(out / "step.onnx"), refs, ids, list(random_state(model, 2)))
     require_tight(step["int8"], "step graph")
     assert step["int8"].median_rel_err < 1e-5, f"seed {seed}"
-    noise = 4e-1 if scheme == "int4-dynamic" else 5e-2  # the quantization noise itself, bounded
+    noise = noise_bound(scheme)  # the quantization noise itself, bounded
     assert step["fp32"].logits_rel_err < noise, f"seed {seed}"
     prefill_refs = {"int8": EagerGraph(qmodel, "prefill", PREFILL_TOKENS),
                     "fp32": EagerGraph(model, "prefill", PREFILL_TOKENS)}
