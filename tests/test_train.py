@@ -73,15 +73,15 @@ def test_schedule_and_errors(tmp_path, text_dir):
     assert result.exit_code != 0 and "no complete checkpoint" in result.output
 
 
-def _torchrun(out: Path, data: Path, steps: int, resume: bool = False) -> None:
+def _torchrun(out: Path, data: Path, steps: int, resume: bool = False, extra: tuple[str, ...] = ()) -> None:
     """`torchrun --standalone --nproc-per-node 2 -m xlstm_edge.train ...` on CPU (gloo)."""
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             "-m", "xlstm_edge.train", "--out", str(out), "--data", str(data), "--steps", str(steps),
             "--batch-size", "2", "--seq-len", "32", "--warmup", "2", "--eval-every", "4", "--eval-batches", "1",
             "--save-every", "4", "--log-every", "2", "--lr", "1e-2", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(args + (["--resume"] if resume else []), capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(args + (["--resume"] if resume else []) + list(extra), capture_output=True, text=True,
+                          env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
@@ -101,3 +101,11 @@ def test_ddp_two_processes_resume_exactly(tmp_path, text_dir):
     b = load_file(str(tmp_path / "b" / "checkpoint-000008" / "model.safetensors"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_ddp_max_minutes_stops_every_rank_at_one_step(tmp_path, text_dir):
+    """--max-minutes under torchrun: the ranks agree on the step to stop at (one alone would wait forever
+    in the next all-reduce), so the run exits cleanly, its last checkpoint well before --steps."""
+    _torchrun(tmp_path / "t", text_dir, steps=500, extra=("--max-minutes", "0.001"))
+    ckpts = sorted(p.name for p in (tmp_path / "t").glob("checkpoint-*"))
+    assert ckpts and ckpts[-1] < "checkpoint-000500", ckpts

@@ -282,8 +282,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         optimizer.step()
         window_tokens += tokens_per_step
         done = step + 1
-        out_of_time = time.perf_counter() > deadline
-        if out_of_time:
+        # every rank must stop at the same step (a rank left alone would wait in the next all-reduce)
+        out_of_time = cfg.max_minutes is not None and _any_rank(time.perf_counter() > deadline, world, device)
+        if out_of_time and is_main:
             bar.write(f"--max-minutes {cfg.max_minutes} reached at step {done}: evaluating and saving")
         last = done == cfg.steps or out_of_time
         if done % cfg.log_every == 0 or last:
@@ -329,6 +330,17 @@ def _mean_over_ranks(value: torch.Tensor, world: int) -> float:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= world
     return value.item()
+
+
+def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
+    """True if ``flag`` is true on any torchrun rank (the flag itself in a single process)."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _gather_sampler_states(sampler, world: int) -> list[torch.Tensor] | None:
@@ -427,7 +439,8 @@ def train_cmd(out_dir, preset, overrides, init_from, data, resume, **opts) -> No
         last = train(cfg, resume=resume)
     except (ValueError, FileNotFoundError) as err:
         raise click.ClickException(str(err)) from err
-    click.echo(f"saved {last}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"saved {last}")
 
 
 if __name__ == "__main__":  # torchrun -m xlstm_edge.train ...
