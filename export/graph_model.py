@@ -120,16 +120,21 @@ class ExportLM(nn.Module):
         c = self.config
         B, S, _ = x.shape
         NH = c.num_heads
+        i = soft_cap(layer.igate_preact(x), c.gate_soft_cap)
+        f = soft_cap(layer.fgate_preact(x), c.gate_soft_cap)
+        if S == 1:  # one token: the head-major layout is the same memory, so a view (a permute is a copy op)
+            return (layer.q(x).view(B, NH, 1, c.qk_head_dim), layer.k(x).view(B, NH, 1, c.qk_head_dim),
+                    layer.v(x).view(B, NH, 1, c.v_head_dim), i.view(B, NH, 1), f.view(B, NH, 1))
         q = layer.q(x).view(B, S, NH, c.qk_head_dim).permute(0, 2, 1, 3)
         k = layer.k(x).view(B, S, NH, c.qk_head_dim).permute(0, 2, 1, 3)
         v = layer.v(x).view(B, S, NH, c.v_head_dim).permute(0, 2, 1, 3)
-        i = soft_cap(layer.igate_preact(x), c.gate_soft_cap).permute(0, 2, 1)
-        f = soft_cap(layer.fgate_preact(x), c.gate_soft_cap).permute(0, 2, 1)
-        return q, k, v, i, f
+        return q, k, v, i.permute(0, 2, 1), f.permute(0, 2, 1)
 
     def _mlstm_out(self, layer: mLSTMLayer, x: Tensor, h: Tensor) -> Tensor:
         """h (B, NH, S, DV) -> layer output (B, S, D)."""
-        h = self._head_norm(layer.multihead_norm, h.permute(0, 2, 1, 3))
+        B, NH, S, DV = h.shape
+        h = h.view(B, 1, NH, DV) if S == 1 else h.permute(0, 2, 1, 3)  # (B, S, NH, DV)
+        h = self._head_norm(layer.multihead_norm, h)
         return layer.out_proj(torch.sigmoid(layer.ogate_preact(x)) * h)
 
     def _mlstm_step(self, layer: mLSTMLayer, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
@@ -143,7 +148,7 @@ class ExportLM(nn.Module):
         m_new = torch.maximum(log_f + m, i)  # (B, NH, 1, 1)
         f_act = torch.exp(log_f + m - m_new)
         i_act = torch.exp(i - m_new)
-        k_col = k.permute(0, 1, 3, 2)  # (B, NH, DQK, 1)
+        k_col = k.view(B, NH, -1, 1)  # (B, NH, DQK, 1): the same memory as (B, NH, 1, DQK)
         C_new = f_act * C + i_act * bmm(k_col, v)  # (B, NH, DQK, DV)
         n_new = f_act * n + i_act * k_col  # (B, NH, DQK, 1)
         q_scaled = q * (c.qk_head_dim**-0.5)  # (B, NH, 1, DQK)
