@@ -22,12 +22,12 @@ def format_report(report: dict[str, Any], scheme: str) -> str:
     ev, gr, size, gate = report["eval"], report["greedy"], report["size"], report["gate"]
     rows = [
         ("metric", "float32", scheme, "change"),
-        (f"perplexity ({ev['tokens']} held-out tokens)", f"{ev['ppl_fp32']:.4f}", f"{ev['ppl_int8']:.4f}",
+        (f"perplexity ({ev['tokens']} held-out tokens)", f"{ev['ppl_fp32']:.4f}", f"{ev['ppl_quantized']:.4f}",
          f"{100 * ev['ppl_increase']:+.2f}%"),
         (f"KL(float32 || {scheme}), nats/token (mean / max)", "", f"{ev['kl_mean']:.2e} / {ev['kl_max']:.2e}", ""),
         ("top-1 agreement on held-out text", "", f"{100 * ev['top1_agreement']:.1f}%", ""),
         (f"greedy agreement ({gr['generated_tokens']} tokens, graph)", "", f"{100 * gr['agreement']:.1f}%", ""),
-        ("package size", _mib(size["fp32_bytes"]), _mib(size["int8_bytes"]), f"{size['ratio']:.2f}x"),
+        ("package size", _mib(size["fp32_bytes"]), _mib(size["quantized_bytes"]), f"{size['ratio']:.2f}x"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))

@@ -8,8 +8,12 @@
    own step graph reproduces them
 3. ``quantize_model`` (the eager reference), export the same graphs (file names, methods, prefill
    length and I/O from the float32 manifest) in int8
-4. inspect every graph (state I/O float32), check parity against the eager int8 model (tight) and
-   float32 (reported), measure quality (``quality``) and sizes
+4. inspect every graph (state I/O float32); the tight parity check (same quantization as eager int8,
+   median call to float32 noise) on these graphs, or for a model deeper than
+   ``probe.PROBE_ABOVE_BLOCKS`` on graphs exported the same way from its probe (first block of each
+   kind: see ``probe`` for why); the package's own graphs against eager int8 within a bound that
+   lets rounding flips through (``verify.TIGHT_MAX_REL_ERR``) and against float32 (reported); measure
+   quality (``quality``) and sizes
 5. write the manifest (``quantization`` = scheme, plan summary, quality report, gate) and move the
    package into place, or leave nothing if the quality gate is missed without ``allow_quality_loss``
 """
@@ -33,6 +37,7 @@ from xlstm_edge.export import metadata as md
 from xlstm_edge.config import xLSTMConfig
 
 from .handler import SCHEMES, QuantizationError, check_scheme, quantize_model
+from .probe import describe, needs_probe, probe_blocks, probe_model
 from .quality import EvalTextError, compare_eval, eval_ids, greedy_compare, zero_state
 from .verify import (
     TIGHT_MAX_REL_ERR,
@@ -55,6 +60,7 @@ UNAVAILABLE = {  # why a backend lacks a scheme (see ../shared/ENVIRONMENT.md an
 }
 PROMPT_TOKENS = 32
 PREFILL_SHORT_CALLS = 6
+TIGHT_STEP_TOKENS = 16
 SOURCE_CHECK_REL_ERR = 1e-4  # float32 package graph vs the eager float32 model from the checkpoint
 
 
@@ -178,6 +184,26 @@ def check_source(package: Path, manifest: md.Manifest, model: nn.Module, num_thr
     return worst
 
 
+def check_tight(graph_dir: Path, manifest: md.Manifest, fp32: nn.Module, int8: nn.Module, prompt: torch.Tensor,
+                num_threads: int, what: str) -> dict[str, Any]:
+    """The tight check (``verify.require_tight``) of the graphs in ``graph_dir`` (exported from ``int8``)
+    against eager ``int8``: prefill calls with 1-2 valid tokens from random states, then steps over
+    the prompt's first ``TIGHT_STEP_TOKENS`` from the zero state, the graph reading the eager state.
+    Raises ``QuantizationError``; returns the figures."""
+    T, batch = manifest.graphs["prefill"].tokens_per_call, static_batch(manifest) or 2
+    g = torch.Generator().manual_seed(0)
+    runner = _runner(graph_dir, manifest, "prefill", num_threads)
+    short = prefill_parity(runner, {"int8": EagerGraph(int8, "prefill", T)}, fp32, T, batch, valid_lengths=[1, 2],
+                           calls=PREFILL_SHORT_CALLS, generator=g)["int8"]
+    require_tight(short, f"the {manifest.backend} prefill graph ({what}, 1-2 valid tokens)")
+    step_batch = static_batch(manifest) or 1
+    ids = prompt[:TIGHT_STEP_TOKENS].view(1, -1).expand(step_batch, -1).contiguous()
+    step = step_parity(_runner(graph_dir, manifest, "step", num_threads), {"int8": EagerGraph(int8, "step")}, ids,
+                       zero_state(fp32, step_batch))["int8"]
+    require_tight(step, f"the {manifest.backend} step graph ({what})")
+    return {"prefill_short_vs_eager_int8": short.to_dict(), "step_vs_eager_int8": step.to_dict()}
+
+
 # ---- graphs ---------------------------------------------------------------------------------------
 def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The float32 package's graphs (same files, methods, prefill length) from the quantized model.
@@ -268,24 +294,38 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
         graph_facts, graphs = write_graphs(qmodel, manifest, tmp)
         copy_other_files(package, manifest, tmp)
 
-        log_t("checking the graphs against eager PyTorch (int8 and float32) ...")
-        parity: dict[str, Any] = {}
+        if needs_probe(model.config):
+            log_t(f"tight parity check on a probe of the model ({describe(model)}): exporting it ...")
+            probe = probe_model(model)
+            qprobe = quantize_model(copy.deepcopy(probe), opts.scheme, opts.embedding, backend=manifest.backend)
+            probe_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=out.parent))
+            try:
+                write_graphs(qprobe, manifest, probe_dir)
+                tight = check_tight(probe_dir, manifest, probe, qprobe, prompt, opts.num_threads, "probe")
+            finally:
+                shutil.rmtree(probe_dir, ignore_errors=True)
+            tight_on = {"graphs": "probe", "blocks": probe_blocks(model.config)}
+        else:
+            log_t("tight parity check of the graphs against eager PyTorch int8 ...")
+            tight = check_tight(tmp, manifest, model, qmodel, prompt, opts.num_threads, "package")
+            tight_on = {"graphs": "package", "blocks": list(range(model.config.num_hidden_layers))}
+
+        log_t("checking the package's graphs against eager PyTorch (int8 and float32) ...")
+        parity: dict[str, Any] = {"tight": {**tight_on, **tight}}
         prefill = manifest.graphs["prefill"]
         T, batch = prefill.tokens_per_call, static_batch(manifest) or 2
         runner = _runner(tmp, manifest, "prefill", opts.num_threads)
         refs = {"int8": EagerGraph(qmodel, "prefill", T), "fp32": EagerGraph(model, "prefill", T)}
-        short = prefill_parity(runner, refs, model, T, batch, valid_lengths=[1, 2], calls=PREFILL_SHORT_CALLS)
-        require_tight(short["int8"], f"the {manifest.backend} prefill graph (1-2 valid tokens)")
         full = prefill_parity(runner, refs, model, T, batch)
         require_within(full["int8"], TIGHT_MAX_REL_ERR, f"the {manifest.backend} prefill graph ({T} tokens)")
-        parity["prefill_short_vs_eager_int8"] = short["int8"].to_dict()
         parity["prefill_vs_eager_int8"] = full["int8"].to_dict()
         parity["prefill_vs_fp32"] = full["fp32"].to_dict()
 
         log_t(f"greedy agreement over {opts.greedy_tokens} tokens (graph) ...")
         greedy = greedy_compare(_runner(tmp, manifest, "step", opts.num_threads), model, qmodel, prompt,
                                 opts.greedy_tokens, batch=static_batch(manifest) or 1)
-        require_tight(Parity(**greedy.parity_vs_eager_int8), f"the {manifest.backend} step graph")
+        require_within(Parity(**greedy.parity_vs_eager_int8), TIGHT_MAX_REL_ERR,
+                       f"the {manifest.backend} step graph (greedy, reading the eager int8 state)")
         parity["step_vs_eager_int8"] = greedy.parity_vs_eager_int8
         parity["step_drift_vs_fp32"] = greedy.drift_vs_fp32
         parity["source_check_rel_err"] = source_err
@@ -300,7 +340,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
             "greedy": {"prompt_tokens": greedy.prompt_tokens, "generated_tokens": greedy.generated_tokens,
                        "agreement": greedy.agreement, "agreement_eager_int8": greedy.agreement_eager_int8,
                        "measured_on": f"{manifest.backend} step graph, teacher-forced on float32's greedy tokens"},
-            "size": {"fp32_bytes": size_fp32, "int8_bytes": size_int8, "ratio": size_int8 / size_fp32},
+            "size": {"fp32_bytes": size_fp32, "quantized_bytes": size_int8, "ratio": size_int8 / size_fp32},
             "gate": {"max_ppl_increase": max_ppl, "min_greedy_agreement": min_greedy,
                      "passed": passed, "allowed_loss": bool(opts.allow_quality_loss and not passed)},
         }

@@ -65,8 +65,8 @@ def eval_ids(tokenizer: Any, path: Path | None, max_tokens: int) -> tuple[Tensor
 class EvalResult:
     tokens: int
     ppl_fp32: float
-    ppl_int8: float
-    ppl_increase: float  # relative: ppl_int8 / ppl_fp32 - 1
+    ppl_quantized: float
+    ppl_increase: float  # relative: ppl_quantized / ppl_fp32 - 1
     kl_mean: float  # nats per token, KL(p_fp32 || p_int8)
     kl_max: float
     top1_agreement: float

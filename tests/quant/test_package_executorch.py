@@ -39,7 +39,7 @@ def test_manifest_and_lowering(et_built, key):
         assert facts["xnnpack_delegates"] >= 1
         assert "none feeds a quantize op" in facts["state_in_graph"]
         assert facts["state_io"].endswith("all float32")
-    assert q["quality"]["size"]["int8_bytes"] < q["quality"]["size"]["fp32_bytes"]
+    assert q["quality"]["size"]["quantized_bytes"] < q["quality"]["size"]["fp32_bytes"]
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -42,10 +42,13 @@ def test_manifest_reports_scheme_and_quality(ort_built, scheme, embedding):
     assert manifest.source == read_manifest(ort_built.package).source  # provenance kept
     quality = q["quality"]
     assert quality["eval"]["tokens"] == EVAL_TOKENS - 1 and quality["greedy"]["generated_tokens"] == GREEDY_TOKENS
-    for key in ("ppl_fp32", "ppl_int8", "kl_mean", "top1_agreement"):
+    for key in ("ppl_fp32", "ppl_quantized", "kl_mean", "top1_agreement"):
         assert quality["eval"][key] == quality["eval"][key]  # not NaN
-    assert quality["size"]["int8_bytes"] < quality["size"]["fp32_bytes"]
-    assert manifest.parity["int8"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
+    assert quality["size"]["quantized_bytes"] < quality["size"]["fp32_bytes"]
+    tight = manifest.parity["int8"]["tight"]
+    assert tight["graphs"] == "package" and tight["blocks"] == [0, 1]  # 2 blocks: no probe needed
+    assert tight["step_vs_eager_int8"]["median_rel_err"] < 1e-4
+    assert tight["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
 
 
 @pytest.mark.parametrize(("scheme", "embedding"), CASES)

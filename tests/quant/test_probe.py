@@ -1,0 +1,65 @@
+"""The probe (quant/probe.py): a deep model's tight parity check runs on its first block of each kind."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from xlstm_edge.export.metadata import read_manifest
+from xlstm_edge.quant import package as package_module
+from xlstm_edge.quant.handler import QuantizationError
+from xlstm_edge.quant.probe import needs_probe, probe_blocks, probe_model
+
+from tests.quant.conftest import make_model, quantize
+
+
+def deep_model():
+    """4 blocks m, s, m, s (above PROBE_ABOVE_BLOCKS): the probe keeps blocks 0 and 1."""
+    return make_model("tiny-ms", 7, num_hidden_layers=4, hidden_size=32, chunk_size=8, slstm_at=[1, 3])
+
+
+def test_probe_keeps_first_block_of_each_kind_with_its_weights():
+    model = deep_model()
+    assert needs_probe(model.config) and probe_blocks(model.config) == [0, 1]
+    probe = probe_model(model)
+    assert probe.config.block_types() == ["m", "s"] and probe.config.slstm_at == [1]
+    for j, i in enumerate(probe_blocks(model.config)):
+        for (name, a), (_, b) in zip(probe.backbone.blocks[j].state_dict().items(),
+                                     model.backbone.blocks[i].state_dict().items(), strict=True):
+            assert torch.equal(a, b), name
+    assert torch.equal(probe.lm_head.weight, model.lm_head.weight)
+    assert torch.equal(probe.backbone.embeddings.weight, model.backbone.embeddings.weight)
+    # the probe is the model with blocks 2.. removed: same output as running blocks 0, 1 by hand
+    ids = torch.randint(0, model.config.vocab_size, (1, 6))
+    logits, _ = probe(ids)
+    assert torch.isfinite(logits).all() and logits.shape == (1, 6, model.config.vocab_size)
+
+
+def test_probe_path_is_checked_and_recorded(ort_built, tmp_path, monkeypatch):
+    """The 2-block test model through the probe path (the probe is then the whole model: the path's
+    wiring is what is tested here; the cut itself above)."""
+    monkeypatch.setattr("xlstm_edge.quant.probe.PROBE_ABOVE_BLOCKS", 1)
+    result = quantize(ort_built.package, tmp_path / "int8", "int8-dynamic")
+    parity = read_manifest(result.out).parity["int8"]
+    assert parity["tight"]["graphs"] == "probe" and parity["tight"]["blocks"] == [0, 1]
+    assert parity["tight"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
+    assert parity["tight"]["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"], "the probe's graphs are removed"
+
+
+def test_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_path, monkeypatch):
+    """A systematic 1e-3 difference (within the loose bound on the package's own graphs) is refused,
+    the message naming the probe's graph, and nothing is left behind."""
+    monkeypatch.setattr("xlstm_edge.quant.probe.PROBE_ABOVE_BLOCKS", 1)
+
+    class Off(package_module.EagerGraph):  # the eager int8 reference, off by 1e-3; float32 as it is
+        def __init__(self, model, *args):
+            super().__init__(model, *args)
+            self.factor = 1 + 1e-3 if hasattr(model, "quant_plan") else 1.0
+
+        def run(self, inputs):
+            return [t * self.factor for t in super().run(inputs)]
+
+    monkeypatch.setattr(package_module, "EagerGraph", Off)
+    with pytest.raises(QuantizationError, match=r"graph \(probe"):
+        quantize(ort_built.package, tmp_path / "off", "int8-dynamic")
+    assert not list(tmp_path.iterdir())
