@@ -70,6 +70,8 @@ class ReductionConstants(torch.nn.Module):
     # operand would expand the constant to the batch dims, an op XNNPACK does not take)
     def mean_last(self, x: Tensor) -> Tensor:
         n = x.shape[-1]
+        if x.dim() == 2:  # already rows: no reshape ops
+            return x @ self.mean_vec(n)
         return (x.reshape(-1, n) @ self.mean_vec(n)).reshape(*x.shape[:-1], 1)
 
     def sum_last(self, x: Tensor) -> Tensor:
