@@ -1,8 +1,8 @@
 """Decode speed of float32 and int8 packages through the runtime, against the memory-bandwidth floor.
 
-    .venv/bin/python bench/quant_decode.py PKG [PKG ...] [--threads 2] [--prompt 64] [--decode 64]
+    .venv/bin/python bench/quant_decode.py PKG [PKG ...] [--threads 2] [--decode-threads N] [--prompt 64] [--decode 64]
 
-For each package (batch 1, --threads threads): prefill of --prompt tokens, then --decode greedy steps
+For each package (batch 1, --threads threads, decode steps on --decode-threads, default the same): prefill of --prompt tokens, then --decode greedy steps
 (``runtime.bench.run_bench``: medians), and the floor = bytes of weights read per decode step / read
 bandwidth measured here (a float32 sum over 1 GiB). Bytes per step come from the manifest: int8
 weights 1 byte each plus a float32 scale per output channel (int4: half a byte plus a scale per group), everything else 4 bytes, the input
@@ -65,20 +65,23 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--decode-threads", type=int, default=None,
+                    help="threads of decode steps (default --threads); the floor stays at --threads' bandwidth")
     args = ap.parse_args()
 
     from xlstm_edge.runtime import load
     from xlstm_edge.runtime.bench import run_bench
 
     bw = read_bandwidth_gbs(args.threads)
-    print(f"read bandwidth {bw:.1f} GB/s ({args.threads} threads), {platform.processor() or platform.machine()}")
+    decode = f", decode on {args.decode_threads}" if args.decode_threads not in (None, args.threads) else ""
+    print(f"read bandwidth {bw:.1f} GB/s ({args.threads} threads{decode}), {platform.processor() or platform.machine()}")
     print("| package | backend | scheme | weight MB read / token | floor tok/s | decode tok/s | % of floor "
           "| prefill tok/s |")
     print("|---|---|---|---|---|---|---|---|")
     for pkg in args.packages:
         nbytes, label = bytes_per_token(pkg)
         floor = bw * 1e9 / nbytes
-        sess = load(pkg, num_threads=args.threads)
+        sess = load(pkg, num_threads=args.threads, decode_threads=args.decode_threads)
         r = run_bench(sess, args.prompt, args.decode, (), 16, 3)
         print(f"| {pkg.name} | {r.backend} | {label} | {nbytes / 1e6:.2f} | {floor:.0f} | {r.decode_tok_s:.1f} "
               f"| {100 * r.decode_tok_s / floor:.1f}% | {r.prefill_tok_s:.0f} |", flush=True)

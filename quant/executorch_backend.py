@@ -93,18 +93,21 @@ class PteMethod:
     """One method of a .pte: ``run(inputs) -> outputs`` (outputs cloned: the program reuses their memory)."""
 
     def __init__(self, path: Path, method: str, num_threads: int = 2):
-        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
+        from xlstm_edge.runtime.executorch_backend import check_pool, use_threads
 
         _load_quantized_kernels()
-        portable_lib._unsafe_reset_threadpool(num_threads)
+        self._pool_generation = use_threads(num_threads)
+        self._check_pool = check_pool
         self.path = path
         self.program = Runtime.get().load_program(path)
         if method not in self.program.method_names:
             raise QuantizationError(f"{path} has no method {method!r} (has {sorted(self.program.method_names)})")
+        self.method_name = method
         self.method = self.program.load_method(method)
 
     def run(self, inputs: list[Tensor]) -> list[Tensor]:
+        self._check_pool(self._pool_generation, f"{self.path} ({self.method_name})")
         return [t.clone() for t in self.method.execute([t.contiguous() for t in inputs])]
 
     def io_dtypes(self) -> tuple[list[str], list[str]]:

@@ -28,12 +28,14 @@ def require_module(module: str, pip_name: str, backend: str) -> None:
 
 
 class Backend(ABC):
-    """A loaded model. Subclasses set ``config``, ``layout``, ``num_threads`` and ``source``."""
+    """A loaded model. Subclasses set ``config``, ``layout``, ``num_threads``, ``decode_threads`` (the
+    threads of one-token ``step`` calls) and ``source``."""
 
     name: ClassVar[str]
     config: Any  # xLSTMConfig
     layout: StateLayout
     num_threads: int
+    decode_threads: int
     source: str  # what was loaded (a path, or "<model object>")
 
     @property
@@ -66,7 +68,9 @@ class Backend(ABC):
         """Feed (B, 1) int64 tokens; return logits (B, V)."""
 
     def describe(self) -> str:
-        return f"{self.name} ({self.num_threads} threads) {self.source}"
+        threads = f"{self.num_threads} threads" + (
+            f", decode {self.decode_threads}" if self.decode_threads != self.num_threads else "")
+        return f"{self.name} ({threads}) {self.source}"
 
 
 class SingleBufferBackend(Backend):

@@ -38,6 +38,7 @@ class BenchResult:
     backend: str
     source: str
     threads: int
+    decode_threads: int
     prompt_tokens: int
     prefill_tok_s: float
     first_token_ms: float
@@ -52,7 +53,8 @@ class BenchResult:
 
     def table(self) -> str:
         rows = [
-            ("backend", f"{self.backend} ({self.threads} threads)"),
+            ("backend", f"{self.backend} ({self.threads} threads"
+                        + (f", decode {self.decode_threads})" if self.decode_threads != self.threads else ")")),
             ("source", self.source),
             ("prefill", f"{self.prefill_tok_s:.1f} tok/s ({self.prompt_tokens} tokens)"),
             ("time to first token", f"{self.first_token_ms:.1f} ms"),
@@ -142,6 +144,7 @@ def run_bench(
         backend=session.backend.name,
         source=session.backend.source,
         threads=session.backend.num_threads,
+        decode_threads=session.backend.decode_threads,
         prompt_tokens=prompt_tokens,
         prefill_tok_s=prompt_tokens / statistics.median(prefill_s),
         first_token_ms=1e3 * statistics.median(first_s),

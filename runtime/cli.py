@@ -39,6 +39,8 @@ _backend_option = click.option(
     "--backend", default=None, metavar="NAME",
     help="onnxruntime | executorch | torch (default: the package's own; torch takes a checkpoint directory).")
 _threads_option = click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
+_decode_threads_option = click.option("--decode-threads", type=int, default=None,
+                                      help="Threads of one-token decode steps (default: --threads); 1 can be faster on small machines.")
 
 
 @click.command("generate")
@@ -59,17 +61,19 @@ _threads_option = click.option("--threads", type=int, default=None, help="Intra-
 @click.option("--state-out", type=click.Path(path_type=Path), default=None,
               help="Save the conversation state here afterwards.")
 @_threads_option
+@_decode_threads_option
 @_one_line_errors
 def generate_cmd(package: Path, prompt: str, backend: str | None, max_new_tokens: int, temperature: float,
                  top_k: int, top_p: float, min_p: float, repetition_penalty: float, seed: int | None,
-                 stop: tuple[str, ...], add_bos: bool, state_in: Path | None, state_out: Path | None, threads: int | None) -> None:
+                 stop: tuple[str, ...], add_bos: bool, state_in: Path | None, state_out: Path | None, threads: int | None,
+                 decode_threads: int | None) -> None:
     """Stream a continuation of --prompt to stdout; speed to stderr."""
     from .sampling import SamplingConfig
     from .session import load
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
-    sess = load(package, backend=backend, num_threads=threads)
+    sess = load(package, backend=backend, num_threads=threads, decode_threads=decode_threads)
     if state_in is not None:
         sess.load_state(state_in)
     stream = sess.stream(prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop_strings=list(stop),
@@ -106,15 +110,17 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[i
               help="Plot of decode speed and RSS against context length.")
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Write the figures here.")
 @_threads_option
+@_decode_threads_option
 @_one_line_errors
 def bench_cmd(package: Path, backend: str | None, prompt_tokens: int, decode_tokens: int, contexts: tuple[int, ...],
-              steps_per_point: int, repeats: int, png: Path, json_out: Path | None, threads: int | None) -> None:
+              steps_per_point: int, repeats: int, png: Path, json_out: Path | None, threads: int | None,
+              decode_threads: int | None) -> None:
     """Prefill tok/s, time to first token, decode tok/s, peak RSS, state bytes; decode speed and RSS
     against context length (PNG)."""
     from .bench import plot_bench, run_bench
     from .session import load
 
-    sess = load(package, backend=backend, num_threads=threads)
+    sess = load(package, backend=backend, num_threads=threads, decode_threads=decode_threads)
     result = run_bench(sess, prompt_tokens, decode_tokens, contexts, steps_per_point, repeats)
     click.echo(result.table())
     click.echo(f"plot: {plot_bench(result, png)}")

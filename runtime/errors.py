@@ -34,5 +34,10 @@ class EmptyPromptError(RuntimeInputError):
     """A prompt has no tokens and there is no conversation state to continue from."""
 
 
+class StaleProgramError(RuntimeInputError):
+    """An ExecuTorch program was loaded before another load resized the process-wide threadpool it
+    runs on (running it would crash the process): load it again, or use one thread count."""
+
+
 class GenerationArgumentError(RuntimeInputError):
     """An argument of a generation call is invalid (``max_new_tokens <= 0``, a bad sampling value, ...)."""

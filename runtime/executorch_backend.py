@@ -3,7 +3,8 @@
 A method's outputs alias memory the program plans and overwrites on its next call, so the runtime
 copies ``present.*`` into its own state buffers (one set, reused every call) before feeding them
 back as ``past.*``: memory stays flat. Threads: ExecuTorch's threadpool ignores
-``torch.set_num_threads``; ``_unsafe_reset_threadpool`` sets it (process-wide).
+``torch.set_num_threads``; ``_unsafe_reset_threadpool`` sets it, process-wide, and programs loaded
+before a resize must not run after it (``use_threads``): one thread count for prefill and decode.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import torch
 from torch import Tensor
 
 from .backend import SingleBufferBackend, require_module
-from .errors import PackageError
+from .errors import GenerationArgumentError, PackageError, StaleProgramError
 from .package_checks import check_graph_io, manifest_config_and_layout
 
+_POOL: dict[str, int] = {"threads": 0, "generation": 0}  # ExecuTorch's threadpool as this module last sized it
 _ET_TYPES = {"float32": "torch.float32", "int64": "torch.int64", "int32": "torch.int32"}
 
 
@@ -68,6 +70,37 @@ def _quiet_startup() -> Iterator[None]:
                 sys.stderr.write(held.read().decode(errors="replace"))
 
 
+def use_threads(n: int) -> int:
+    """Size ExecuTorch's process-wide threadpool to ``n`` threads (unless this module last gave it that
+    size) and return the pool's generation, which programs loaded now are bound to.
+
+    Resizing replaces the pool, and the XNNPACK delegates of programs loaded before keep a pointer
+    to the old one: running them afterwards crashes the process. Everything in this package that
+    sizes the pool goes through here and checks its generation before a call (``check_pool``).
+    """
+    if _POOL["threads"] != n:
+        from executorch.extension.pybindings import portable_lib
+
+        portable_lib._unsafe_reset_threadpool(n)
+        _POOL["threads"] = n
+        _POOL["generation"] += 1
+    return _POOL["generation"]
+
+
+def pool_generation() -> int:
+    """The threadpool generation a program loaded now (without sizing the pool) is bound to."""
+    return _POOL["generation"]
+
+
+def check_pool(generation: int, what: str) -> None:
+    """Raise ``StaleProgramError`` if the pool was resized since a program of ``generation`` was loaded."""
+    if generation != _POOL["generation"]:
+        raise StaleProgramError(
+            f"{what} was loaded for ExecuTorch's threadpool before another load in this process resized it "
+            f"to {_POOL['threads']} threads (the pool is process-wide; running it would crash): load it again, "
+            f"or load every ExecuTorch package with the same thread count")
+
+
 def _pad_rows(t: Tensor, pad: int) -> Tensor:
     """``t`` (n, ...) with ``pad`` more rows, copies of its first (valid input for any tensor)."""
     if pad == 0:
@@ -80,13 +113,18 @@ class ExecuTorchBackend(SingleBufferBackend):
 
     name = "executorch"
 
-    def __init__(self, package_dir: Path, manifest: Any, num_threads: int):
+    def __init__(self, package_dir: Path, manifest: Any, num_threads: int, decode_threads: int | None = None):
         require_module("executorch", "executorch", self.name)
+        if decode_threads not in (None, num_threads):
+            raise GenerationArgumentError(
+                f"ExecuTorch runs every method on one process-wide threadpool, fixed once a program is loaded: "
+                f"decode_threads ({decode_threads}) must equal num_threads ({num_threads}) (pass --threads "
+                f"{decode_threads} to decode on {decode_threads})")
+        self.decode_threads = num_threads
         with _quiet_startup():
             self._start(package_dir, manifest, num_threads)
 
     def _start(self, package_dir: Path, manifest: Any, num_threads: int) -> None:
-        from executorch.extension.pybindings import portable_lib
         from executorch.runtime import Runtime
 
         if manifest.quantization and importlib.util.find_spec("executorch.kernels.quantized") is not None:
@@ -95,7 +133,7 @@ class ExecuTorchBackend(SingleBufferBackend):
         self.source = str(package_dir)
         self.num_threads = num_threads
         self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
-        portable_lib._unsafe_reset_threadpool(num_threads)
+        self._pool_generation = use_threads(num_threads)
         runtime = Runtime.get()
         programs: dict[str, Any] = {}
         self._methods: dict[str, Any] = {}
@@ -144,6 +182,7 @@ class ExecuTorchBackend(SingleBufferBackend):
         A batch larger than the method takes (or, for a static-batch method, of another size) runs in
         groups of its batch, the last group padded with copies of its first row.
         """
+        check_pool(self._pool_generation, f"package {self.source}")
         B, cap, static = self.batch_size, self._max_batch[method], self._static_batch[method]
         if B == cap or (B < cap and not static):
             outs = self._methods[method].execute([*inputs, *self._state])

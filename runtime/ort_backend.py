@@ -26,30 +26,35 @@ class OrtBackend(Backend):
 
     name = "onnxruntime"
 
-    def __init__(self, package_dir: Path, manifest: Any, num_threads: int):
+    def __init__(self, package_dir: Path, manifest: Any, num_threads: int, decode_threads: int | None = None):
         require_module("onnxruntime", "onnxruntime", self.name)
         import onnxruntime as ort
 
         self.manifest = manifest
         self.source = str(package_dir)
         self.num_threads = num_threads
+        self.decode_threads = num_threads if decode_threads is None else decode_threads
         self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
         from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
         load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
                        ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented,
                        ort_errors.RuntimeException)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        def options(threads: int) -> Any:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            return opts
+
         self._ort = ort
         self._sessions: dict[str, Any] = {}
         for method in ("step", "prefill"):
             entry = manifest.graph(method)
             path = package_dir / entry.file
             try:
-                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                threads = self.decode_threads if method == "step" else num_threads
+                sess = ort.InferenceSession(str(path), options(threads), providers=["CPUExecutionProvider"])
             except load_errors as e:
                 raise PackageError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
             got_in = [(i.name, i.shape, i.type) for i in sess.get_inputs()]

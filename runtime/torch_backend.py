@@ -26,7 +26,8 @@ class TorchBackend(SingleBufferBackend):
 
     name = "torch"
 
-    def __init__(self, model: nn.Module, num_threads: int, source: str = "<model object>"):
+    def __init__(self, model: nn.Module, num_threads: int, source: str = "<model object>",
+                 decode_threads: int | None = None):
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "block_types"):
             raise PackageError(f"the torch backend needs an xLSTMForCausalLM, got {type(model).__name__}")
@@ -35,16 +36,18 @@ class TorchBackend(SingleBufferBackend):
         self.source = source
         self.layout = StateLayout.from_config(config, model_name=source)
         self.num_threads = num_threads
+        self.decode_threads = num_threads if decode_threads is None else decode_threads
         torch.set_num_threads(num_threads)
         self._state = self.layout.zeros(1)
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, num_threads: int) -> TorchBackend:
+    def from_checkpoint(cls, path: str | os.PathLike, num_threads: int,
+                        decode_threads: int | None = None) -> TorchBackend:
         from xlstm_edge.checkpoint import load_checkpoint
 
         path = Path(path)
         model = load_checkpoint(path, dtype=torch.float32).column_major_linears_()  # faster CPU decode
-        return cls(model, num_threads, source=str(path))
+        return cls(model, num_threads, source=str(path), decode_threads=decode_threads)
 
     def _layers(self) -> list[dict[str, Tensor]]:
         layers: list[dict[str, Tensor]] = [{} for _ in range(self.config.num_hidden_layers)]
@@ -56,8 +59,14 @@ class TorchBackend(SingleBufferBackend):
         for spec, buf in zip(self.layout.tensors, self._state, strict=True):
             buf.copy_(new_layers[spec.layer][spec.name])
 
+    @staticmethod
+    def _use_threads(n: int) -> None:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
     @torch.inference_mode()
     def prefill(self, input_ids: Tensor) -> Tensor:
+        self._use_threads(self.num_threads)
         logits = None
         for start in range(0, input_ids.shape[1], PREFILL_SLICE):
             piece = input_ids[:, start:start + PREFILL_SLICE]
@@ -68,6 +77,7 @@ class TorchBackend(SingleBufferBackend):
 
     @torch.inference_mode()
     def step(self, input_ids: Tensor) -> Tensor:
+        self._use_threads(self.decode_threads)
         logits, new = self.model(input_ids, state=self._layers())
         self._store(new)
         return logits[:, -1].float()

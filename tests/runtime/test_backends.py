@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import torch
-from xlstm_edge.runtime import PackageError, SamplingConfig, load
+from xlstm_edge.runtime import GenerationArgumentError, PackageError, SamplingConfig, StaleProgramError, load
 
 from tests.conftest import rel_err
 from tests.runtime.conftest import random_ids
@@ -37,6 +37,36 @@ def test_logits_match_torch_over_prefill_and_256_steps(backend, packages, torch_
         assert rel_err(a, b) <= PARITY
     # and a greedy continuation picks the same tokens
     assert sess.generate_ids([], 24) == torch_sess.generate_ids([], 24)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "model"])
+def test_decode_threads_give_the_same_tokens(backend, packages):
+    """Prefill on 2 threads, steps on 1 (and a prefill again after steps): the same logits as one
+    thread throughout, and the backend says so."""
+    one = load(packages[backend], num_threads=1)
+    mixed = load(packages[backend], num_threads=2, decode_threads=1)
+    assert mixed.backend.decode_threads == 1 and "decode 1" in mixed.backend.describe()
+    prompt = random_ids(19)
+    for sess in (one, mixed):
+        sess.prefill(prompt)
+    for _ in range(2):
+        assert one.generate_ids([], 12) == mixed.generate_ids([], 12)
+        assert rel_err(mixed.prefill(prompt[:9]), one.prefill(prompt[:9])) <= PARITY
+
+
+def test_executorch_threadpool_is_one_size_and_a_resize_is_an_error_not_a_crash(packages):
+    """ExecuTorch's threadpool is process-wide and its programs keep a pointer to it: decode_threads
+    other than num_threads is refused, and a program loaded before another load resized the pool
+    raises instead of crashing the process; a program loaded after the resize runs."""
+    with pytest.raises(GenerationArgumentError, match="decode_threads"):
+        load(packages["executorch"], num_threads=2, decode_threads=1)
+    first = load(packages["executorch"], num_threads=1)
+    first.prefill(random_ids(5))
+    second = load(packages["executorch"], num_threads=2)
+    with pytest.raises(StaleProgramError, match="load it again"):
+        first.step([3])
+    second.prefill(random_ids(5))
+    assert load(packages["executorch"], num_threads=2).generate_ids([1, 2], 3)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -93,6 +93,7 @@ def test_backend_that_does_not_fit_the_source(tmp_path):
     (ckpt / "model.safetensors").unlink()
     _raises(PackageError, lambda: load(ckpt), "weights")
     _raises(GenerationArgumentError, lambda: load(model, num_threads=0), "num_threads")
+    _raises(GenerationArgumentError, lambda: load(model, num_threads=1, decode_threads=0), "decode_threads")
 
 
 def test_state_from_another_model(sess, tmp_path):
