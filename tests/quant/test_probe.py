@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from xlstm_edge.export.metadata import read_manifest
@@ -9,6 +11,7 @@ from xlstm_edge.quant import package as package_module
 from xlstm_edge.quant.handler import QuantizationError
 from xlstm_edge.quant.probe import needs_probe, probe_blocks, probe_model
 
+from tests.conftest import rel_err
 from tests.quant.conftest import make_model, quantize
 
 
@@ -28,10 +31,18 @@ def test_probe_keeps_first_block_of_each_kind_with_its_weights():
             assert torch.equal(a, b), name
     assert torch.equal(probe.lm_head.weight, model.lm_head.weight)
     assert torch.equal(probe.backbone.embeddings.weight, model.backbone.embeddings.weight)
-    # the probe is the model with blocks 2.. removed: same output as running blocks 0, 1 by hand
+    # the probe is the model without blocks 2 and 3: the same logits as the model whose blocks 2 and 3
+    # add nothing to the residual stream (their output projections zeroed)
+    silent = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in silent.backbone.blocks[2:].named_parameters():
+            if name.endswith(("out_proj.weight", "proj_down.weight", "group_norm.weight")):
+                param.zero_()
     ids = torch.randint(0, model.config.vocab_size, (1, 6))
-    logits, _ = probe(ids)
-    assert torch.isfinite(logits).all() and logits.shape == (1, 6, model.config.vocab_size)
+    want, _ = silent(ids)
+    got, _ = probe(ids)
+    assert rel_err(got, want) < 1e-6
+    assert rel_err(got, model(ids)[0]) > 1e-3  # and the blocks it drops do matter in the model
 
 
 def test_probe_path_is_checked_and_recorded(ort_built, tmp_path, monkeypatch):
