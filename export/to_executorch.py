@@ -91,9 +91,9 @@ class ExecuTorchRunner:
 
     def __init__(self, package_dir: Path, graphs: dict[str, GraphEntry]):
         from executorch.runtime import Runtime
-        from xlstm_edge.runtime.executorch_backend import check_pool, pool_generation
+        from xlstm_edge.runtime.executorch_backend import bind_pool
 
-        self._pool_generation, self._check_pool = pool_generation(), check_pool
+        self._pool = bind_pool()  # the pool as it is
         files = {g.file for g in graphs.values()}
         if len(files) != 1:
             raise ValueError(f"an ExecuTorch package has one .pte, the manifest names {sorted(files)}")
@@ -102,6 +102,6 @@ class ExecuTorchRunner:
             self.methods = {name: self.program.load_method(g.method) for name, g in graphs.items()}
 
     def run(self, method: str, inputs: list[Tensor]) -> list[Tensor]:
-        self._check_pool(self._pool_generation, f"the exported program ({method})")
+        self._pool.check(f"the exported program ({method})")
         outs = self.methods[method].execute([t.contiguous() for t in inputs])
         return [o.clone() for o in outs]

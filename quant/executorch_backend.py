@@ -94,11 +94,10 @@ class PteMethod:
 
     def __init__(self, path: Path, method: str, num_threads: int = 2):
         from executorch.runtime import Runtime
-        from xlstm_edge.runtime.executorch_backend import check_pool, use_threads
+        from xlstm_edge.runtime.executorch_backend import bind_pool
 
         _load_quantized_kernels()
-        self._pool_generation = use_threads(num_threads)
-        self._check_pool = check_pool
+        self._pool = bind_pool(num_threads)
         self.path = path
         self.program = Runtime.get().load_program(path)
         if method not in self.program.method_names:
@@ -107,7 +106,7 @@ class PteMethod:
         self.method = self.program.load_method(method)
 
     def run(self, inputs: list[Tensor]) -> list[Tensor]:
-        self._check_pool(self._pool_generation, f"{self.path} ({self.method_name})")
+        self._pool.check(f"{self.path} ({self.method_name})")
         return [t.clone() for t in self.method.execute([t.contiguous() for t in inputs])]
 
     def io_dtypes(self) -> tuple[list[str], list[str]]:

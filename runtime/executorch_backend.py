@@ -4,7 +4,7 @@ A method's outputs alias memory the program plans and overwrites on its next cal
 copies ``present.*`` into its own state buffers (one set, reused every call) before feeding them
 back as ``past.*``: memory stays flat. Threads: ExecuTorch's threadpool ignores
 ``torch.set_num_threads``; ``_unsafe_reset_threadpool`` sets it, process-wide, and programs loaded
-before a resize must not run after it (``use_threads``): one thread count for prefill and decode.
+before a resize must not run after it (``bind_pool``): one thread count for prefill and decode.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,35 +71,36 @@ def _quiet_startup() -> Iterator[None]:
                 sys.stderr.write(held.read().decode(errors="replace"))
 
 
-def use_threads(n: int) -> int:
-    """Size ExecuTorch's process-wide threadpool to ``n`` threads (unless this module last gave it that
-    size) and return the pool's generation, which programs loaded now are bound to.
+@dataclass(frozen=True)
+class PoolBinding:
+    """The ExecuTorch threadpool a program was loaded on (process-wide; see ``bind_pool``)."""
+
+    generation: int
+
+    def check(self, what: str) -> None:
+        """Raise ``StaleProgramError`` if the pool was resized since the program was loaded."""
+        if self.generation != _POOL["generation"]:
+            raise StaleProgramError(
+                f"{what} was loaded for ExecuTorch's threadpool before another load in this process resized "
+                f"it to {_POOL['threads']} threads (the pool is process-wide; running it would crash): load it "
+                f"again, or load every ExecuTorch package with the same thread count")
+
+
+def bind_pool(threads: int | None = None) -> PoolBinding:
+    """Size ExecuTorch's process-wide threadpool to ``threads`` (None: leave it as it is; no resize if
+    this module last gave it that size) and return the binding of programs loaded now.
 
     Resizing replaces the pool, and the XNNPACK delegates of programs loaded before keep a pointer
     to the old one: running them afterwards crashes the process. Everything in this package that
-    sizes the pool goes through here and checks its generation before a call (``check_pool``).
+    runs ExecuTorch programs binds them here and checks the binding before each call.
     """
-    if _POOL["threads"] != n:
+    if threads is not None and _POOL["threads"] != threads:
         from executorch.extension.pybindings import portable_lib
 
-        portable_lib._unsafe_reset_threadpool(n)
-        _POOL["threads"] = n
+        portable_lib._unsafe_reset_threadpool(threads)
+        _POOL["threads"] = threads
         _POOL["generation"] += 1
-    return _POOL["generation"]
-
-
-def pool_generation() -> int:
-    """The threadpool generation a program loaded now (without sizing the pool) is bound to."""
-    return _POOL["generation"]
-
-
-def check_pool(generation: int, what: str) -> None:
-    """Raise ``StaleProgramError`` if the pool was resized since a program of ``generation`` was loaded."""
-    if generation != _POOL["generation"]:
-        raise StaleProgramError(
-            f"{what} was loaded for ExecuTorch's threadpool before another load in this process resized it "
-            f"to {_POOL['threads']} threads (the pool is process-wide; running it would crash): load it again, "
-            f"or load every ExecuTorch package with the same thread count")
+    return PoolBinding(_POOL["generation"])
 
 
 def _pad_rows(t: Tensor, pad: int) -> Tensor:
@@ -133,7 +135,7 @@ class ExecuTorchBackend(SingleBufferBackend):
         self.source = str(package_dir)
         self.num_threads = num_threads
         self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
-        self._pool_generation = use_threads(num_threads)
+        self._pool = bind_pool(num_threads)
         runtime = Runtime.get()
         programs: dict[str, Any] = {}
         self._methods: dict[str, Any] = {}
@@ -182,7 +184,7 @@ class ExecuTorchBackend(SingleBufferBackend):
         A batch larger than the method takes (or, for a static-batch method, of another size) runs in
         groups of its batch, the last group padded with copies of its first row.
         """
-        check_pool(self._pool_generation, f"package {self.source}")
+        self._pool.check(f"package {self.source}")
         B, cap, static = self.batch_size, self._max_batch[method], self._static_batch[method]
         if B == cap or (B < cap and not static):
             outs = self._methods[method].execute([*inputs, *self._state])

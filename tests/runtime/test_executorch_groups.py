@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from xlstm_edge.runtime.executorch_backend import ExecuTorchBackend, pool_generation
+from xlstm_edge.runtime.executorch_backend import ExecuTorchBackend, bind_pool
 from xlstm_edge.runtime.state import StateLayout
 
 from xlstm_edge import xLSTMConfig
@@ -35,7 +35,7 @@ def _backend(cap: int, static: bool) -> ExecuTorchBackend:
     be._max_batch = {"step": cap}
     be._static_batch = {"step": static}
     be._state = be.layout.zeros(1)
-    be._pool_generation, be.source = pool_generation(), "fake"
+    be._pool, be.source = bind_pool(), "fake"
     return be
 
 
