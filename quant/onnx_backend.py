@@ -21,10 +21,19 @@ from .handler import QuantizationError
 from .onnx_ops import PLACEHOLDER_DOMAIN, translation_table
 
 OPSET = 20
+# above this many bytes of weights (parameters and buffers) the graph is written with its tensors in
+# an external file: one protobuf cannot exceed 2 GiB (``export.to_onnx`` uses the same limit)
+EXTERNAL_DATA_BYTES = 1_800_000_000
 FOLD_LIMIT = 256  # elements: fold scalars and small constants, never a weight
 # ops that carry int8 / uint8 values; a state tensor must never feed one directly
 QUANT_OPS = ("MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
              "DynamicQuantizeMatMul", "MatMulNBits")
+
+
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's distinct parameters and buffers (an int8 weight is a buffer)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _module(model: nn.Module, method: str, tokens_per_call: int) -> nn.Module:
@@ -38,7 +47,10 @@ def export_graph(model: nn.Module, method: str, tokens_per_call: int, path: Path
     defaults it turns an int8-weight Linear's ``Cast(W) * scales`` (and small int8 tables) back into
     float32 initializers, undoing the 4x smaller file. ONNX Runtime folds those weight expressions
     itself when it loads the graph (in memory, where int8-weight is float32 by design).
+    Above ``EXTERNAL_DATA_BYTES`` of weights the tensors go to ``<file>.data`` beside the graph (the
+    package then merges them into its shared weights file).
     """
+    external = weight_bytes(model) > EXTERNAL_DATA_BYTES
     prefill = method == "prefill"
     module = _module(model, method, tokens_per_call)
     args = example_inputs(model, 2, tokens_per_call, prefill)
@@ -55,13 +67,17 @@ def export_graph(model: nn.Module, method: str, tokens_per_call: int, path: Path
         )
         onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
     path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path))
+    program.save(str(path), external_data=external)
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path))  # with its external tensors, if any
     strip_debug_info(model)
     lower_linear_blocks(model)
-    onnx.save(model, str(path))
+    data = path.with_name(path.name + ".data")
+    if external:
+        data.unlink(missing_ok=True)  # the exporter's file: rewritten whole, never appended to
+    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
+              location=data.name, size_threshold=1024)
     return path
 
 

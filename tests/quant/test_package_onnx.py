@@ -92,6 +92,33 @@ def test_state_and_gates_stay_float_in_the_graph(ort_built, scheme, embedding):
             assert "MatMulInteger" not in facts["integer_ops"] and facts["int8_initializers"] >= 10
 
 
+@pytest.mark.parametrize("scheme", ["int8-dynamic", "int4-dynamic"])
+def test_graphs_over_the_size_limit_keep_their_weights_outside(ort_built, tmp_path, monkeypatch, seed, scheme):
+    """A graph whose weights exceed protobuf's 2 GiB goes through external data: forced here with a 0-byte
+    limit. Same outputs as the inline graph; the package's shared file then replaces the exporter's."""
+    from xlstm_edge.export.onnx_weights import DATA_NAME, share_weights
+    from xlstm_edge.quant import onnx_backend
+
+    qmodel = quantize_model(copy.deepcopy(ort_built.model), scheme, "int8", backend="onnxruntime")
+    inline = onnx_backend.export_graph(qmodel, "step", 1, tmp_path / "inline" / "step.onnx")
+    assert not (tmp_path / "inline" / "step.onnx.data").exists()
+    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_BYTES", 0)
+    path = onnx_backend.export_graph(qmodel, "step", 1, tmp_path / "external" / "step.onnx")
+    data = tmp_path / "external" / "step.onnx.data"
+    proto = onnx.load(str(path), load_external_data=False)
+    big = [i for i in proto.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(big) >= 10 and data.stat().st_size > path.stat().st_size
+    ids = torch.randint(0, 256, (2, 1))
+    inputs = [ids, *random_state(ort_built.model, 2)]
+    expected = OrtGraph(inline).run(inputs)
+    for actual, ref in zip(OrtGraph(path).run(inputs), expected, strict=True):
+        assert torch.equal(actual, ref), f"seed {seed}"
+    share_weights([path], DATA_NAME)
+    assert not data.exists() and (tmp_path / "external" / DATA_NAME).exists()
+    for actual, ref in zip(OrtGraph(path).run(inputs), expected, strict=True):
+        assert torch.equal(actual, ref), f"seed {seed}"
+
+
 def test_runtime_streams_from_the_int8_package(ort_built, seed):
     from xlstm_edge.runtime import load
 
