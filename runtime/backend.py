@@ -75,7 +75,7 @@ class Backend(ABC):
 
 class SingleBufferBackend(Backend):
     """A backend whose state lives in one set of buffers, ``self._state`` (layout order, (B, *shape)),
-    updated in place after each call (torch, ExecuTorch; ONNX Runtime double-buffers instead)."""
+    replaced or updated after each call (torch, ExecuTorch; ONNX Runtime double-buffers instead)."""
 
     _state: list[Tensor]
 

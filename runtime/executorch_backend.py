@@ -188,8 +188,9 @@ class ExecuTorchBackend(SingleBufferBackend):
         B, cap, static = self.batch_size, self._max_batch[method], self._static_batch[method]
         if B == cap or (B < cap and not static):
             outs = self._methods[method].execute([*inputs, *self._state])
-            for buf, out in zip(self._state, outs[1:], strict=True):
-                buf.copy_(out)  # outputs alias planned memory: copy before the next call
+            # the binding returns fresh tensors (copied out of the method's planned memory): they become
+            # the state as they are, not copied once more (3.5 MB a step on the small preset, ~0.3 ms)
+            self._state = list(outs[1:])
             return outs[0]
         logits = []
         for start in range(0, B, cap):

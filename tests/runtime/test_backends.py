@@ -39,6 +39,28 @@ def test_logits_match_torch_over_prefill_and_256_steps(backend, packages, torch_
     assert sess.generate_ids([], 24) == torch_sess.generate_ids([], 24)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_returned_logits_and_saved_state_outlive_the_next_calls(backend, packages, torch_sess):
+    """The backends hand their output tensors on without copying (ExecuTorch's binding returns fresh
+    tensors, which become the state): what a call returned, and a saved state, must not change later."""
+    sess = load(packages[backend], num_threads=1)
+    prompt = random_ids(11)
+    first = sess.prefill(prompt)
+    saved = sess.get_state()
+    kept = first.clone(), [t.clone() for t in saved.tensors]
+    steps, copies = [], []
+    for tok in (3, 5, 7):
+        steps.append(sess.step([tok]))
+        copies.append(steps[-1].clone())
+    assert torch.equal(first, kept[0]) and all(torch.equal(a, b) for a, b in zip(steps, copies, strict=True))
+    assert not torch.equal(steps[0], steps[1])
+    assert all(torch.equal(a, b) for a, b in zip(saved.tensors, kept[1], strict=True))
+    torch_sess.reset()
+    torch_sess.prefill(prompt)
+    for tok, got in zip((3, 5, 7), steps, strict=True):
+        assert rel_err(got, torch_sess.step([tok])) <= PARITY
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "model"])
 def test_decode_threads_give_the_same_tokens(backend, packages):
     """Prefill on 2 threads, steps on 1 (and a prefill again after steps): the same logits as one
