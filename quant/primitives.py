@@ -21,7 +21,10 @@ symmetric int8, chosen at run time (``MatMulNBits`` at accuracy level 4 quantize
 
 in float32 operation for operation as MLAS computes it (``127 / amax`` first, then one product):
 ``x / scale`` is the same number in exact arithmetic but not always in float32, and inputs on a
-grid (an int8 embedding row after a norm) land on exact .5 ties often enough to matter.
+grid (an int8 embedding row after a norm) land on exact .5 ties often enough to matter. So is
+``127.0 / amax`` written with a Python number: torch computes ``scalar / tensor`` as ``reciprocal(tensor)
+* scalar``, one more rounding (1 ulp off for amax = 3.8291748: 63.5 became 63.499996 and rounded to 63
+where MLAS gets 64), so the quotient is taken tensor by tensor.
 
 Grouped weights (``int4-dynamic``): per output channel and group of ``group`` inputs, symmetric::
 
@@ -120,7 +123,8 @@ def quantize_per_block_symmetric(x: Tensor, block: int) -> tuple[Tensor, Tensor]
     xp = torch.nn.functional.pad(x.float(), (0, nb * block - K)).reshape(M, nb, block)
     amax = xp.abs().amax(dim=-1)  # (M, nb)
     scale = amax / BLOCK_ACT_QMAX
-    inverse = torch.where(amax > 0, BLOCK_ACT_QMAX / torch.where(amax > 0, amax, 1.0), 0.0)
+    # a tensor numerator: ``BLOCK_ACT_QMAX / amax`` would be reciprocal(amax) * 127 (see the module docstring)
+    inverse = torch.where(amax > 0, torch.full_like(amax, BLOCK_ACT_QMAX) / torch.where(amax > 0, amax, 1.0), 0.0)
     q = torch.clamp(torch.round(xp * inverse[..., None]), -BLOCK_ACT_QMAX, BLOCK_ACT_QMAX)
     return q.reshape(M, nb * block)[:, :K], scale
 

@@ -125,8 +125,63 @@ def test_per_block_symmetric_grid(seed):
     assert bool((q == q.round()).all()) and float(q.abs().max()) == 127
     deq = q * scale.repeat_interleave(128, 1)[:, :200]
     assert bool(((deq.double() - x.double()).abs() <= half_step(scale.repeat_interleave(128, 1)[:, :200].double())).all()), f"seed {seed}"
-    tie = torch.tensor([[1.4104024171829224, 2.8208048343658447]])  # x * (127 / amax) = 63.500004 in float32
-    assert quantize_per_block_symmetric(tie, 128)[0].tolist() == [[64.0, 127.0]]  # MLAS's float32 product
+    # near-ties where only MLAS's float32 order gives ONNX Runtime's integer (checked on a lone MatMulNBits):
+    # one division 127 / amax, then one product. With 127 * (1 / amax) instead (what torch's 127.0 / tensor
+    # computes) both would round the other way.
+    tie = torch.tensor([[1.4104024171829224, 2.8208048343658447]])  # 63.499996 in float32
+    assert quantize_per_block_symmetric(tie, 128)[0].tolist() == [[63.0, 127.0]]
+    tie = torch.tensor([[1.91458737850189208984375, 3.8291747570037841796875]])  # 63.5 exactly: even
+    assert quantize_per_block_symmetric(tie, 128)[0].tolist() == [[64.0, 127.0]]
+
+
+def _grid_rows(rows: int, K: int) -> torch.Tensor:
+    """Rows of int8-quantized values after an RMS norm (an int8 embedding row entering a block): on a
+    grid, so x * (127 / amax) lands on exact .5 ties."""
+    x = torch.randn(rows, K)
+    x = torch.round(x / (x.abs().amax(-1, keepdim=True) / 127)) * (x.abs().amax(-1, keepdim=True) / 127)
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+
+
+def test_per_block_symmetric_is_mlas_float32_arithmetic(seed):
+    """Against numpy float32, operation for operation: amax, 127 / amax, one product, round half even."""
+    import numpy as np
+
+    x = torch.cat([_grid_rows(40, 256), torch.randn(8, 256)])
+    q, _ = quantize_per_block_symmetric(x, 32)
+    xb = x.numpy().reshape(48, 8, 32)
+    amax = np.abs(xb).max(-1, keepdims=True)
+    ref = np.clip(np.rint(xb * (np.float32(127) / amax)), -127, 127).reshape(48, 256)
+    assert np.array_equal(q.numpy(), ref), f"seed {seed}: {(q.numpy() != ref).sum()} values differ"
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_matmulnbits_quantizes_activations_as_the_reference(seed, bits):
+    """A lone MatMulNBits (accuracy level 4) on identity weights returns ORT's dequantized activation: it
+    equals q * scale of ``quantize_per_block_symmetric`` up to float32 noise (its zero-point correction is a
+    separate float sum), never a whole step off, on grid rows too."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from xlstm_edge.quant.onnx_backend import pack_matmulnbits
+
+    K, block = 256, 32
+    packed, flat = pack_matmulnbits(np.eye(K, dtype=np.int8), np.ones(K, np.float32), block, bits)
+    node = helper.make_node("MatMulNBits", ["x", "B", "S"], ["y"], domain="com.microsoft", K=K, N=K, bits=bits,
+                            block_size=block, accuracy_level=4)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, K])],
+                              [numpy_helper.from_array(packed, "B"), numpy_helper.from_array(flat, "S")])
+    model = helper.make_model(graph, ir_version=9, opset_imports=[helper.make_opsetid("", 17),
+                                                                  helper.make_opsetid("com.microsoft", 1)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    x = torch.cat([_grid_rows(24, K), torch.randn(8, K)])
+    got = torch.from_numpy(session.run(None, {"x": x.numpy()})[0]).double()
+    q, scale = quantize_per_block_symmetric(x, block)
+    step = scale.repeat_interleave(block, 1).double()
+    off = ((got - q.double() * step).abs() / step.clamp_min(1e-30)).max()
+    assert off < 0.05, f"seed {seed}: {float(off):.3f} of a step"  # a different rounding would be 1.0
 
 
 def test_per_group_symmetric_bf16_scales(seed):
