@@ -53,7 +53,7 @@ def format_report(report: dict[str, Any], scheme: str) -> str:
               help="Text for perplexity / KL (default: the embedded corpus's held-out split).")
 @click.option("--calibration-text", type=click.Path(path_type=Path),
               help="Text whose first tokens prompt the greedy run and parity check (default: the eval text). "
-                   "Neither scheme needs calibrated ranges: weights use their own, activations are set per token.")
+                   "Neither scheme needs calibrated ranges: weights use their own, activations are set at run time.")
 @click.option("--eval-tokens", type=click.IntRange(64), default=2048, show_default=True,
               help="Held-out tokens for perplexity and KL.")
 @click.option("--greedy-tokens", type=click.IntRange(1), default=256, show_default=True,
@@ -82,8 +82,8 @@ def quantize_cmd(package: Path, out: Path, scheme: str, embedding: str, checkpoi
       int8-weight   int8 weights per output channel, float32 activations (onnxruntime only)
       int8-dynamic  int8 weights per output channel, 8-bit activations chosen at run time
       int4-dynamic  4-bit weights, one scale per 32 inputs, 8-bit activations at run time
-    Activations: per token, asymmetric, except int4-dynamic on onnxruntime: per block of
-    32 inputs, symmetric (MatMulNBits). Quality gate defaults: int8
+    Activations: per token, asymmetric, on executorch; per block of inputs (32 for int4, 128
+    for int8), symmetric, on onnxruntime (MatMulNBits). Quality gate defaults: int8
     perplexity +1%, greedy agreement >= 95%; int4 perplexity +5%, greedy >= 90%.
     Gates, the stabilizer, norms and the recurrent state stay float32 in every scheme.
 

@@ -8,7 +8,9 @@ linear_a8w8 per-token asymmetric uint8 activations (``primitives.quantize_per_to
             MatMulInteger(uint8 x, uint8 W^T + 128, zero points 0 and 128) -> int32, minus
             zero_point * column sums of W (ONNX Runtime's MatMulInteger takes only a scalar zero point
             for x), then * x_scale * scales. Same integers as the eager reference, so the two agree to
-            float32 rounding.
+            float32 rounding. No scheme uses it on ONNX Runtime now (int8-dynamic moved to
+            ``linear_block``: MatMulInteger's uint8 x uint8 GEMV reads ~15 GB/s here, MatMulNBits ~40);
+            it is the exact ONNX form of a model quantized per token, as for ExecuTorch.
             The weight is uint8 with zero point 128, not int8: on CPUs without VNNI (AVX2 only, as the
             machine this was written on) ONNX Runtime's uint8 x int8 kernel sums pairs of products in
             int16 with saturation (255 * 127 * 2 > 32767) and returns wrong integers with no error;
@@ -19,10 +21,12 @@ linear_block a placeholder node ``xlstm_quant.LinearBlock(x, weight int8 (N, K),
             its uint8 layout. MatMulNBits quantizes x per block of ``block_size`` inputs,
             symmetric int8, and multiplies in integers per block: the arithmetic of
             ``ops.linear_block``, to float32 rounding (checked per graph and in the tests).
-            One fused kernel per Linear (int4-dynamic). Exact for one row (decode); with many
-            rows (prefill) ONNX Runtime 1.31.1 takes another path whose activation scales differ
-            by up to ~4e-4 relative (measured on the small preset), so int8-dynamic keeps the
-            per-token form above until that path is reproduced (see bench/results/quant.md).
+            One fused kernel per Linear (int8-dynamic and int4-dynamic), at any number of rows.
+            Two things looked like a departure of its many-row path and were not: the eager
+            ``127 / amax`` was computed by torch as ``reciprocal(amax) * 127`` (fixed in
+            ``primitives``), and rows on a grid (an int8 embedding row through a norm whose weights
+            are all exactly 1, as in an untrained model) put many activations on exact .5 ties,
+            which any 1-ulp difference in the norm breaks the other way (see ``package``'s hint).
 """
 
 from __future__ import annotations

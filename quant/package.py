@@ -37,7 +37,7 @@ from xlstm_edge.export import metadata as md
 from xlstm_edge.config import xLSTMConfig
 
 from .handler import SCHEMES, QuantizationError, check_scheme, quantize_model
-from .probe import describe, needs_probe, probe_blocks, probe_model
+from .probe import describe, grid_tie_hint, needs_probe, probe_blocks, probe_model
 from .quality import EvalTextError, compare_eval, eval_ids, greedy_compare, zero_state
 from .verify import (
     TIGHT_MAX_REL_ERR,
@@ -261,6 +261,17 @@ def _dir_bytes(path: Path) -> int:
 
 
 # ---- the whole command ------------------------------------------------------------------------------
+def _hinted(check, model: nn.Module, opts: QuantizeOptions, qmodel: nn.Module, *args):
+    """``check(*args)``; a ``QuantizationError`` it raises gets ``probe.grid_tie_hint`` appended when that applies."""
+    try:
+        return check(*args)
+    except QuantizationError as e:
+        hint = grid_tie_hint(model, opts.embedding, qmodel.quant_plan.activation)
+        if hint is None:
+            raise
+        raise QuantizationError(f"{e}; {hint}") from None
+
+
 def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print) -> QuantizeResult:
     """Build, check and measure the int8 package; see the module docstring. Raises ``QuantizationError``
     (one line) on bad input or a failed parity check, ``QualityGateError`` when the gate is missed."""
@@ -301,13 +312,15 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
             probe_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=out.parent))
             try:
                 write_graphs(qprobe, manifest, probe_dir)
-                tight = check_tight(probe_dir, manifest, probe, qprobe, prompt, opts.num_threads, "probe")
+                tight = _hinted(check_tight, model, opts, qmodel, probe_dir, manifest, probe, qprobe, prompt,
+                                opts.num_threads, "probe")
             finally:
                 shutil.rmtree(probe_dir, ignore_errors=True)
             tight_on = {"graphs": "probe", "blocks": probe_blocks(model.config)}
         else:
             log_t("tight parity check of the graphs against eager PyTorch int8 ...")
-            tight = check_tight(tmp, manifest, model, qmodel, prompt, opts.num_threads, "package")
+            tight = _hinted(check_tight, model, opts, qmodel, tmp, manifest, model, qmodel, prompt, opts.num_threads,
+                            "package")
             tight_on = {"graphs": "package", "blocks": list(range(model.config.num_hidden_layers))}
 
         log_t("checking the package's graphs against eager PyTorch (int8 and float32) ...")

@@ -35,7 +35,7 @@ def test_manifest_reports_scheme_and_quality(ort_built, scheme, embedding):
     manifest = read_manifest(result.out)
     q = manifest.quantization
     assert manifest.backend == "onnxruntime" and q["scheme"] == scheme and q["embedding"] == embedding
-    assert q["state_dtype"] == "float32" and q["activation"] == {"int8-weight": "none", "int8-dynamic": "per_token",
+    assert q["state_dtype"] == "float32" and q["activation"] == {"int8-weight": "none", "int8-dynamic": "per_block",
                                                                "int4-dynamic": "per_block"}[scheme]
     assert q["weight_bits"] == (4 if scheme == "int4-dynamic" else 8)
     assert q["quality"]["gate"]["max_ppl_increase"] == (0.05 if scheme == "int4-dynamic" else 0.01)
@@ -82,12 +82,11 @@ def test_state_and_gates_stay_float_in_the_graph(ort_built, scheme, embedding):
         inits = {i.name: i.data_type for i in g.initializer}
         gates = [n for n in inits if "igate" in n or "fgate" in n or "recurrent" in n]
         assert gates and all(inits[n] == onnx.TensorProto.FLOAT for n in gates), gates
-        if scheme == "int4-dynamic":
+        if scheme != "int8-weight":  # one MatMulNBits per quantized Linear, activations per block
             assert facts["integer_ops"].get("MatMulNBits", 0) >= 10 and "MatMulInteger" not in facts["integer_ops"]
             attrs = {a.name: a.i for a in next(n for n in g.node if n.op_type == "MatMulNBits").attribute}
-            assert attrs["bits"] == 4 and attrs["block_size"] == 32 and attrs["accuracy_level"] == 4
-        elif scheme == "int8-dynamic":
-            assert facts["integer_ops"].get("MatMulInteger", 0) >= 10
+            expected = (4, 32) if scheme == "int4-dynamic" else (8, 128)
+            assert (attrs["bits"], attrs["block_size"], attrs["accuracy_level"]) == (*expected, 4)
         else:
             assert "MatMulInteger" not in facts["integer_ops"] and facts["int8_initializers"] >= 10
 

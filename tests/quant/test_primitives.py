@@ -181,7 +181,9 @@ def test_matmulnbits_quantizes_activations_as_the_reference(seed, bits):
     q, scale = quantize_per_block_symmetric(x, block)
     step = scale.repeat_interleave(block, 1).double()
     off = ((got - q.double() * step).abs() / step.clamp_min(1e-30)).max()
-    assert off < 0.05, f"seed {seed}: {float(off):.3f} of a step"  # a different rounding would be 1.0
+    # a different rounding is a whole step; the float32 noise of ORT's zero-point correction (128 * sum of q
+    # per block for 8 bits, cancelled in a float sum) reached 0.11 of a step over 300 seeds (4 bits: 0.007)
+    assert off < 0.3, f"seed {seed}: {float(off):.3f} of a step"
 
 
 def test_per_group_symmetric_bf16_scales(seed):

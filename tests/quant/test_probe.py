@@ -74,3 +74,15 @@ def test_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_
     with pytest.raises(QuantizationError, match=r"graph \(probe"):
         quantize(ort_built.package, tmp_path / "off", "int8-dynamic")
     assert not list(tmp_path.iterdir())
+
+
+def test_grid_tie_hint_only_for_unit_norms_int8_embedding_and_per_block():
+    from xlstm_edge.quant.probe import grid_tie_hint
+
+    model = make_model("tiny", 0, num_hidden_layers=2, hidden_size=32, chunk_size=8)
+    assert grid_tie_hint(model, "int8", "per_block") is None  # perturbed norms: values off the grid
+    with torch.no_grad():
+        model.backbone.blocks[0].norm_mlstm.weight.fill_(1.0)
+    assert "norm weights are all exactly 1" in grid_tie_hint(model, "int8", "per_block")
+    assert grid_tie_hint(model, "fp32", "per_block") is None
+    assert grid_tie_hint(model, "int8", "per_token") is None
