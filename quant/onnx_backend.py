@@ -16,14 +16,12 @@ import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs, input_names, output_names
+from xlstm_edge.export.to_onnx import EXTERNAL_DATA_BYTES
 
 from .handler import QuantizationError
 from .onnx_ops import PLACEHOLDER_DOMAIN, translation_table
 
 OPSET = 20
-# above this many bytes of weights (parameters and buffers) the graph is written with its tensors in
-# an external file: one protobuf cannot exceed 2 GiB (``export.to_onnx`` uses the same limit)
-EXTERNAL_DATA_BYTES = 1_800_000_000
 FOLD_LIMIT = 256  # elements: fold scalars and small constants, never a weight
 # ops that carry int8 / uint8 values; a state tensor must never feed one directly
 QUANT_OPS = ("MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
@@ -47,8 +45,9 @@ def export_graph(model: nn.Module, method: str, tokens_per_call: int, path: Path
     defaults it turns an int8-weight Linear's ``Cast(W) * scales`` (and small int8 tables) back into
     float32 initializers, undoing the 4x smaller file. ONNX Runtime folds those weight expressions
     itself when it loads the graph (in memory, where int8-weight is float32 by design).
-    Above ``EXTERNAL_DATA_BYTES`` of weights the tensors go to ``<file>.data`` beside the graph (the
-    package then merges them into its shared weights file).
+    Above ``EXTERNAL_DATA_BYTES`` of weights (parameters and buffers: an int8 weight is a buffer; the
+    float32 export's limit, under protobuf's 2 GiB) the tensors go to ``<file>.data`` beside the graph
+    (the package then merges them into its shared weights file).
     """
     external = weight_bytes(model) > EXTERNAL_DATA_BYTES
     prefill = method == "prefill"

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
@@ -261,12 +262,12 @@ def _dir_bytes(path: Path) -> int:
 
 
 # ---- the whole command ------------------------------------------------------------------------------
-def _hinted(check, model: nn.Module, opts: QuantizeOptions, qmodel: nn.Module, *args):
-    """``check(*args)``; a ``QuantizationError`` it raises gets ``probe.grid_tie_hint`` appended when that applies."""
+@contextlib.contextmanager
+def _explained(hint: str | None):
+    """Append ``hint`` (a likely cause, when there is one) to a ``QuantizationError`` raised inside."""
     try:
-        return check(*args)
+        yield
     except QuantizationError as e:
-        hint = grid_tie_hint(model, opts.embedding, qmodel.quant_plan.activation)
         if hint is None:
             raise
         raise QuantizationError(f"{e}; {hint}") from None
@@ -297,6 +298,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
     model = load_source_model(checkpoint, manifest)
     source_err = check_source(package, manifest, model, opts.num_threads)
     qmodel = quantize_model(copy.deepcopy(model), opts.scheme, opts.embedding, backend=manifest.backend)
+    tie_hint = grid_tie_hint(model, opts.embedding, qmodel.quant_plan.activation)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -312,15 +314,15 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
             probe_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=out.parent))
             try:
                 write_graphs(qprobe, manifest, probe_dir)
-                tight = _hinted(check_tight, model, opts, qmodel, probe_dir, manifest, probe, qprobe, prompt,
-                                opts.num_threads, "probe")
+                with _explained(tie_hint):
+                    tight = check_tight(probe_dir, manifest, probe, qprobe, prompt, opts.num_threads, "probe")
             finally:
                 shutil.rmtree(probe_dir, ignore_errors=True)
             tight_on = {"graphs": "probe", "blocks": probe_blocks(model.config)}
         else:
             log_t("tight parity check of the graphs against eager PyTorch int8 ...")
-            tight = _hinted(check_tight, model, opts, qmodel, tmp, manifest, model, qmodel, prompt, opts.num_threads,
-                            "package")
+            with _explained(tie_hint):
+                tight = check_tight(tmp, manifest, model, qmodel, prompt, opts.num_threads, "package")
             tight_on = {"graphs": "package", "blocks": list(range(model.config.num_hidden_layers))}
 
         log_t("checking the package's graphs against eager PyTorch (int8 and float32) ...")
