@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs
-from xlstm_edge.export.to_executorch import quiet_lowering
+from xlstm_edge.export.to_executorch import backend_config, quiet_lowering
 
 from .handler import QuantizationError
 from .torchao_bridge import to_torchao
@@ -58,7 +58,7 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
     delegates, and the state check of the exported graph (``check_state_float``).
     """
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import ExecutorchBackendConfig, to_edge_transform_and_lower
+    from executorch.exir import to_edge_transform_and_lower
 
     _load_quantized_kernels()
     ao_model = to_torchao(copy.deepcopy(model))
@@ -83,14 +83,14 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
                     op = getattr(node.target, "__name__", target)
                     outside[op] = outside.get(op, 0) + 1
             facts[name].update(xnnpack_delegates=delegates, quant_ops_outside_delegates=outside)
-        program = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
+        program = edge.to_executorch(backend_config(do_quant_fusion_and_const_prop=True))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(program.buffer)
     return facts
 
 
 class PteMethod:
-    """One method of a .pte: ``run(inputs) -> outputs`` (outputs cloned: the program reuses their memory)."""
+    """One method of a .pte: ``run(inputs) -> outputs`` (outputs are fresh tensors; inputs are read in place)."""
 
     def __init__(self, path: Path, method: str, num_threads: int = 2):
         from executorch.runtime import Runtime
@@ -107,7 +107,7 @@ class PteMethod:
 
     def run(self, inputs: list[Tensor]) -> list[Tensor]:
         self._pool.check(f"{self.path} ({self.method_name})")
-        return [t.clone() for t in self.method.execute([t.contiguous() for t in inputs])]
+        return list(self.method.execute([t.contiguous() for t in inputs]))
 
     def io_dtypes(self) -> tuple[list[str], list[str]]:
         meta = self.method.metadata
