@@ -1,8 +1,9 @@
 """ExecuTorch backend: the package's ``.pte`` methods ``step`` and ``prefill`` through the Python runtime.
 
-A method's outputs alias memory the program plans and overwrites on its next call, so the runtime
-copies ``present.*`` into its own state buffers (one set, reused every call) before feeding them
-back as ``past.*``: memory stays flat. Threads: ExecuTorch's threadpool ignores
+The binding copies a method's outputs out of the memory the program plans, so the ``present.*``
+tensors it returns become the state as they are and go back in as ``past.*``, which packages
+exported by ``xlstm_edge.export`` read in place (inputs not memory-planned): no copy of the state in
+the runtime, one by the binding per call. Threads: ExecuTorch's threadpool ignores
 ``torch.set_num_threads``; ``_unsafe_reset_threadpool`` sets it, process-wide, and programs loaded
 before a resize must not run after it (``bind_pool``): one thread count for prefill and decode.
 """
