@@ -37,6 +37,10 @@ class Backend(ABC):
     num_threads: int
     decode_threads: int
     source: str  # what was loaded (a path, or "<model object>")
+    # torch threads for the session's own ops around each call (logits copies, sampling): one where
+    # the backend runs on a pool of its own, so that torch's spinning OpenMP workers leave it the
+    # cores (see host_threads); None leaves torch's setting alone (the torch backend computes on it)
+    host_torch_threads: ClassVar[int | None] = 1
 
     @property
     def vocab_size(self) -> int:

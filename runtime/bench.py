@@ -89,7 +89,8 @@ def _decode_step_times(session: Session, steps: int, sampler: Sampler) -> list[f
     times = []
     for _ in range(steps):
         t = time.perf_counter()
-        tok = sampler(logits, session.recent_tokens)
+        with session.host_ops():
+            tok = sampler(logits, session.recent_tokens)
         logits = session.step(tok)
         times.append(time.perf_counter() - t)
     return times
@@ -126,7 +127,8 @@ def run_bench(
         t = time.perf_counter()
         logits = session.prefill(prompt)
         t_prefill = time.perf_counter()
-        sampler(logits, session.recent_tokens)
+        with session.host_ops():
+            sampler(logits, session.recent_tokens)
         first_s.append(time.perf_counter() - t)
         prefill_s.append(t_prefill - t)
     step_s = _decode_step_times(session, decode_tokens, sampler)

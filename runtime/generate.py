@@ -143,7 +143,8 @@ def stream_tokens(
     i = 0
     for i in range(max_new_tokens):
         t_sample = time.perf_counter()
-        tokens = sampler(logits, session.recent_tokens)
+        with session.host_ops():
+            tokens = sampler(logits, session.recent_tokens)
         session.set_pending(tokens)
         if i == 0:
             t_first = time.perf_counter()

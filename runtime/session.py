@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from .errors import (
     TokenRangeError,
     UnknownBackendError,
 )
+from .host_threads import torch_threads
 from .sampling import SamplingConfig
 from .state import RecurrentState, StateLayout
 
@@ -206,6 +208,11 @@ class Session:
     def __repr__(self) -> str:
         return f"Session({self.backend.describe()}, batch {self.batch_size}, vocab {self.vocab_size})"
 
+    def host_ops(self) -> AbstractContextManager[None]:
+        """A context for torch work around the backend's calls (sampling, copies): on one torch thread
+        where the backend has a thread pool of its own (see ``host_threads``)."""
+        return torch_threads(self.backend.host_torch_threads)
+
     # ---- state ---------------------------------------------------------------------------------
     def _reset_bookkeeping(self, batch_size: int) -> None:
         fresh = RecurrentState.fresh(self.layout, batch_size)
@@ -223,14 +230,15 @@ class Session:
 
     def get_state(self) -> RecurrentState:
         """A copy of the whole conversation state (fork it, save it, set it back later)."""
-        return RecurrentState(
-            self.layout,
-            self.backend.read_state(),
-            None if self._logits is None else self._logits.clone(),
-            None if self._pending is None else self._pending.clone(),
-            self._recent.clone(),
-            self._num_tokens.clone(),
-        )
+        with self.host_ops():
+            return RecurrentState(
+                self.layout,
+                self.backend.read_state(),
+                None if self._logits is None else self._logits.clone(),
+                None if self._pending is None else self._pending.clone(),
+                self._recent.clone(),
+                self._num_tokens.clone(),
+            )
 
     def set_state(self, state: RecurrentState) -> None:
         """Continue from ``state`` (copied in); it must belong to this model."""
@@ -243,7 +251,8 @@ class Session:
             )
         if state.pending is not None:
             self._check_ids(state.pending[:, None])
-        self.backend.write_state(state.tensors)
+        with self.host_ops():
+            self.backend.write_state(state.tensors)
         self._logits = None if state.logits is None else state.logits.clone()
         self._pending = None if state.pending is None else state.pending.clone()
         self._recent = state.recent.clone()
@@ -323,7 +332,8 @@ class Session:
                                           f"(call reset() to start over with another batch size)")
         if isinstance(ids, Tensor):
             ids = self._take_pending(ids)
-            self._logits = self.backend.prefill(ids).clone()
+            with self.host_ops():
+                self._logits = self.backend.prefill(ids).clone()
             self._record(ids)
             return self._logits
         return self._prefill_ragged(ids)
@@ -353,7 +363,8 @@ class Session:
             self.reset(ids.shape[0])
         if self._pending is not None:
             self._flush_pending()
-        self._logits = self.backend.step(ids).clone()
+        with self.host_ops():
+            self._logits = self.backend.step(ids).clone()
         self._record(ids)
         return self._logits
 
@@ -361,7 +372,8 @@ class Session:
         assert self._pending is not None
         ids = self._pending[:, None]
         self._pending = None
-        self._logits = self.backend.step(ids).clone()
+        with self.host_ops():
+            self._logits = self.backend.step(ids).clone()
         self._record(ids)
 
     def next_logits(self) -> Tensor:

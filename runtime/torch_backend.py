@@ -25,6 +25,7 @@ class TorchBackend(SingleBufferBackend):
     """``xLSTMForCausalLM`` in eval mode, float32 state; ``num_threads`` sets torch's (global) threads."""
 
     name = "torch"
+    host_torch_threads = None
 
     def __init__(self, model: nn.Module, num_threads: int, source: str = "<model object>",
                  decode_threads: int | None = None):

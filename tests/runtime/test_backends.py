@@ -184,3 +184,37 @@ def test_onnxruntime_pools_spin_only_below_the_core_count(packages, monkeypatch)
     assert all(spin_entry(s) is None for s in spinning.backend._sessions.values())
     prompt = random_ids(9)
     assert torch.equal(full.prefill(prompt), spinning.prefill(prompt))
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "model"])
+def test_session_ops_run_on_one_torch_thread_beside_a_backend_pool(backend, packages, monkeypatch):
+    """Around the calls of a backend with a pool of its own, the session's torch work (logits copies,
+    sampling) runs on one torch thread, so torch's spinning OpenMP workers leave that pool the cores;
+    torch's setting is restored after each call. The torch backend computes on torch's threads: untouched."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        sess = load(packages[backend], num_threads=2)
+        seen: list[int] = []
+        for method in ("step", "prefill"):
+            inner = getattr(sess.backend, method)
+
+            def spy(ids, inner=inner):
+                seen.append(torch.get_num_threads())
+                return inner(ids)
+
+            monkeypatch.setattr(sess.backend, method, spy)
+        sampled: list[int] = []
+        from xlstm_edge.runtime import sampling
+
+        real_sample = sampling.Sampler.__call__
+        monkeypatch.setattr(sampling.Sampler, "__call__",
+                            lambda self, *a: (sampled.append(torch.get_num_threads()), real_sample(self, *a))[1])
+        sess.prefill(random_ids(5))
+        sess.step([7])
+        list(sess.stream("ab", max_new_tokens=3))
+        want = 2 if backend == "model" else 1
+        assert seen and set(seen) == {want} and sampled and set(sampled) == {want}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
