@@ -8,7 +8,6 @@ A->B / B->A) are built once per batch size: a step allocates nothing, memory sta
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +19,6 @@ from .errors import GenerationArgumentError, PackageError
 from .package_checks import check_graph_io, manifest_config_and_layout
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
-SPIN_KEY = "session.intra_op.allow_spinning"
-
-
-def usable_cores() -> int:
-    """CPUs this process may run on (its affinity mask where the OS has one)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def spin_allowed(threads: int) -> bool:
-    """Whether a session's idle pool threads should spin-wait for work (ONNX Runtime's default).
-
-    Not when the pool fills every usable core: a spinning worker then takes the core from the thread
-    with work, the more so as the runtime keeps two sessions (step, prefill), each with its own pool.
-    Small preset, int8-dynamic, 2 threads on this 2-core VM, ms per step (2026-11-23): spinning in both
-    sessions 16.6-16.8, off in prefill only 11.8-14.3, off in both 8.7-10.2 (one decode thread: 7.7).
-    """
-    return threads < usable_cores()
-
-
 class OrtBackend(Backend):
     """onnxruntime ``InferenceSession``s on the CPU execution provider."""
 
@@ -63,8 +43,11 @@ class OrtBackend(Backend):
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            if not spin_allowed(threads):
-                opts.add_session_config_entry(SPIN_KEY, "0")
+            # pool threads keep ONNX Runtime's default spin-wait, even when they fill every core: with
+            # the session's own torch work kept on one thread (host_threads), spinning is the faster
+            # choice. Small preset, 2 threads, 2-core VM, 2026-11-23, tok/s, spinning vs not: int8
+            # 138-142 vs 118-125, fp32 48-51 vs 45-46 (it was the other way round while torch's
+            # OpenMP workers spun beside it)
             return opts
 
         self._ort = ort

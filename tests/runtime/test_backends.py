@@ -164,28 +164,6 @@ def test_manifest_that_does_not_match_its_graphs(backend, packages, tmp_path):
     assert "does not match its manifest" in str(e.value) and "\n" not in str(e.value)
 
 
-def test_onnxruntime_pools_spin_only_below_the_core_count(packages, monkeypatch):
-    """Pool threads that fill every core must not spin-wait (they take the core from the thread with
-    work); below that, ONNX Runtime's default (spinning) stays. Same logits either way."""
-    from xlstm_edge.runtime import ort_backend
-
-    def spin_entry(sess) -> str | None:
-        try:
-            return sess.get_session_options().get_session_config_entry(ort_backend.SPIN_KEY)
-        except RuntimeError:  # not set: ONNX Runtime's default, spinning
-            return None
-
-    monkeypatch.setattr(ort_backend, "usable_cores", lambda: 2)
-    full = load(packages["onnxruntime"], num_threads=2, decode_threads=1)
-    sessions = full.backend._sessions
-    assert spin_entry(sessions["prefill"]) == "0" and spin_entry(sessions["step"]) is None
-    monkeypatch.setattr(ort_backend, "usable_cores", lambda: 4)
-    spinning = load(packages["onnxruntime"], num_threads=2)
-    assert all(spin_entry(s) is None for s in spinning.backend._sessions.values())
-    prompt = random_ids(9)
-    assert torch.equal(full.prefill(prompt), spinning.prefill(prompt))
-
-
 @pytest.mark.parametrize("backend", [*BACKENDS, "model"])
 def test_session_ops_run_on_one_torch_thread_beside_a_backend_pool(backend, packages, monkeypatch):
     """Around the calls of a backend with a pool of its own, the session's torch work (logits copies,
