@@ -28,14 +28,21 @@ NEG_GATE = -1.0e30  # "minus infinity" for padded input gates (finite: see the m
 
 
 class ExportLM(nn.Module):
-    """Export-friendly forward of an ``xLSTMForCausalLM``; shares (does not copy) its parameters."""
+    """Export-friendly forward of an ``xLSTMForCausalLM``; shares (does not copy) its parameters.
 
-    def __init__(self, model: xLSTMForCausalLM, prefill_chunk: int | None = None):
+    ``fused_norms``: spell the RMS and per-head layer norms as ONNX Runtime fuses them (RMS norm as
+    x / sqrt(mean(x^2) + eps) * w with ReduceMean, which its optimizer turns into one
+    SimplifiedLayerNormalization; ``F.layer_norm``, one LayerNormalization) instead of ~9 elementwise
+    ops and products with constant mean vectors each (the spelling XNNPACK takes). ONNX graphs only.
+    """
+
+    def __init__(self, model: xLSTMForCausalLM, prefill_chunk: int | None = None, fused_norms: bool = False):
         super().__init__()
         c = model.config
         self.model = model
         self.config = c
         self.chunk = prefill_chunk
+        self.fused_norms = fused_norms
         kinds = c.block_types()
         means = [c.hidden_size]
         if "m" in kinds:
@@ -101,7 +108,10 @@ class ExportLM(nn.Module):
     # ---- shared pieces --------------------------------------------------------------------------
     def _rms(self, norm: RMSNorm, x: Tensor) -> Tensor:
         """x (..., D) / rms * weight."""
-        y = x * torch.rsqrt(self.consts.mean_last(x * x) + norm.eps) * norm.weight
+        if self.fused_norms:
+            y = x / torch.sqrt(torch.mean(x.pow(2), dim=-1, keepdim=True) + norm.eps) * norm.weight
+        else:
+            y = x * torch.rsqrt(self.consts.mean_last(x * x) + norm.eps) * norm.weight
         return y + norm.bias if norm.bias is not None else y
 
     def _head_norm(self, norm: MultiHeadLayerNorm, h: Tensor) -> Tensor:
@@ -112,6 +122,9 @@ class ExportLM(nn.Module):
     def _head_norm_rows(self, norm: MultiHeadLayerNorm, h: Tensor, shape: tuple[int, ...]) -> Tensor:
         """Per-head layer norm of h (rows, DH), one row per (token, head), reshaped to ``shape``
         (..., NH * DH) before the weight."""
+        if self.fused_norms:
+            y = torch.nn.functional.layer_norm(h, (h.shape[-1],), eps=norm.eps).reshape(shape) * norm.weight
+            return y + norm.bias if norm.bias is not None else y
         centered = h - self.consts.mean_last(h)
         var = self.consts.mean_last(centered * centered)
         y = (centered * torch.rsqrt(var + norm.eps)).reshape(shape) * norm.weight

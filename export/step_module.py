@@ -56,12 +56,12 @@ def prefill_chunk_size(model: xLSTMForCausalLM, tokens_per_call: int) -> int:
 
 
 class StepModule(nn.Module):
-    """One token: (input_ids (B, 1), *past) -> (logits (B, V), *present)."""
+    """One token: (input_ids (B, 1), *past) -> (logits (B, V), *present). ``fused_norms``: see ``ExportLM``."""
 
-    def __init__(self, model: xLSTMForCausalLM):
+    def __init__(self, model: xLSTMForCausalLM, fused_norms: bool = False):
         super().__init__()
         check_supported(model)
-        self.lm = ExportLM(model)
+        self.lm = ExportLM(model, fused_norms=fused_norms)
         self.eval()
 
     def forward(self, input_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
@@ -76,12 +76,12 @@ class PrefillModule(nn.Module):
     (input_ids (B, T), valid_length (B,), *past) -> (logits (B, V) at valid_length - 1, *present)
     """
 
-    def __init__(self, model: xLSTMForCausalLM, tokens_per_call: int):
+    def __init__(self, model: xLSTMForCausalLM, tokens_per_call: int, fused_norms: bool = False):
         super().__init__()
         check_supported(model)
         self.tokens_per_call = tokens_per_call
         self.chunk_size = prefill_chunk_size(model, tokens_per_call)
-        self.lm = ExportLM(model, self.chunk_size)
+        self.lm = ExportLM(model, self.chunk_size, fused_norms=fused_norms)
         self.eval()
 
     def forward(self, input_ids: Tensor, valid_length: Tensor, *past: Tensor) -> tuple[Tensor, ...]:

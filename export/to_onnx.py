@@ -37,7 +37,8 @@ def export_onnx_method(
 ) -> GraphEntry:
     """Export ``method`` ("step" | "prefill") to ``path``; return its manifest entry (file = path.name)."""
     prefill = method == "prefill"
-    module = PrefillModule(model, tokens_per_call) if prefill else StepModule(model)
+    # norms spelled so that ONNX Runtime fuses each into one node (ExportLM)
+    module = PrefillModule(model, tokens_per_call, fused_norms=True) if prefill else StepModule(model, fused_norms=True)
     args = example_inputs(model, 2, tokens_per_call, prefill)  # batch 2: a size-1 dim would be specialized
     external = _param_bytes(model) > EXTERNAL_DATA_BYTES
     with torch.no_grad(), warnings.catch_warnings():

@@ -35,7 +35,9 @@ def weight_bytes(model: nn.Module) -> int:
 
 
 def _module(model: nn.Module, method: str, tokens_per_call: int) -> nn.Module:
-    return StepModule(model) if method == "step" else PrefillModule(model, tokens_per_call)
+    """The graph module, norms spelled for ONNX Runtime's fusions (as ``export.to_onnx``)."""
+    return (StepModule(model, fused_norms=True) if method == "step"
+            else PrefillModule(model, tokens_per_call, fused_norms=True))
 
 
 def export_graph(model: nn.Module, method: str, tokens_per_call: int, path: Path) -> Path:
