@@ -1,9 +1,13 @@
 """Decode speed of float32 and int8 packages through the runtime, against the memory-bandwidth floor.
 
-    .venv/bin/python bench/quant_decode.py PKG [PKG ...] [--threads 2] [--decode-threads N] [--prompt 64] [--decode 64]
+    .venv/bin/python bench/quant_decode.py PKG [PKG ...] [--threads 2] [--decode-threads N] [--prompt 64]
+        [--decode 64] [--rounds 3]
 
-For each package (batch 1, --threads threads, decode steps on --decode-threads, default the same): prefill of --prompt tokens, then --decode greedy steps
-(``runtime.bench.run_bench``: medians), and the floor = bytes of weights read per decode step / read
+Packages are measured in --rounds interleaved rounds (one session loaded at a time) (each after a bandwidth
+reading), so that a slow spell of the shared machine hits every package alike; the table gives medians
+over rounds. For each package (batch 1, --threads threads, decode steps on --decode-threads, default
+the same): prefill of --prompt tokens, then --decode greedy steps (``runtime.bench.run_bench``:
+medians), and the floor = bytes of weights read per decode step / read
 bandwidth measured here (a float32 sum over 1 GiB). Bytes per step come from the manifest: int8
 weights 1 byte each plus a float32 scale per output channel (int4: half a byte plus a scale per group), everything else 4 bytes, the input
 embedding one row. Prints a markdown table. Not a test.
@@ -12,7 +16,9 @@ embedding one row. Prints a markdown table. Not a test.
 from __future__ import annotations
 
 import argparse
+import gc
 import platform
+import statistics
 import sys
 from pathlib import Path
 
@@ -65,26 +71,47 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds over all packages (loaded once), each after its own bandwidth reading")
     ap.add_argument("--decode-threads", type=int, default=None,
                     help="threads of decode steps (default --threads); the floor stays at --threads' bandwidth")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be >= 1")
 
     from xlstm_edge.runtime import load
     from xlstm_edge.runtime.bench import run_bench
 
-    bw = read_bandwidth_gbs(args.threads)
-    decode = f", decode on {args.decode_threads}" if args.decode_threads not in (None, args.threads) else ""
-    print(f"read bandwidth {bw:.1f} GB/s ({args.threads} threads{decode}), {platform.processor() or platform.machine()}")
-    print("| package | backend | scheme | weight MB read / token | floor tok/s | decode tok/s | % of floor "
+    per_token = [bytes_per_token(pkg) for pkg in args.packages]
+    backends: list[str] = [""] * len(args.packages)
+    bws: list[float] = []
+    decode: list[list[float]] = [[] for _ in args.packages]
+    prefill: list[list[float]] = [[] for _ in args.packages]
+    for _ in range(args.rounds):  # packages interleaved: a slow spell of the machine hits them all
+        bws.append(read_bandwidth_gbs(args.threads))
+        for j, pkg in enumerate(args.packages):
+            # one session alive at a time: idle pools of other sessions would compete for the cores
+            sess = load(pkg, num_threads=args.threads, decode_threads=args.decode_threads)
+            r = run_bench(sess, args.prompt, args.decode, (), 16, 3)
+            backends[j] = r.backend
+            decode[j].append(r.decode_tok_s)
+            prefill[j].append(r.prefill_tok_s)
+            del sess
+            gc.collect()
+    bw = statistics.median(bws)
+    on = f", decode on {args.decode_threads}" if args.decode_threads not in (None, args.threads) else ""
+    print(f"read bandwidth {bw:.1f} GB/s (median of {args.rounds} rounds: {min(bws):.1f}-{max(bws):.1f}; "
+          f"{args.threads} threads{on}), {platform.processor() or platform.machine()}")
+    print("| package | backend | scheme | weight MB read / token | floor tok/s | decode tok/s (range) | % of floor "
           "| prefill tok/s |")
     print("|---|---|---|---|---|---|---|---|")
-    for pkg in args.packages:
-        nbytes, label = bytes_per_token(pkg)
+    for j, pkg in enumerate(args.packages):
+        nbytes, label = per_token[j]
         floor = bw * 1e9 / nbytes
-        sess = load(pkg, num_threads=args.threads, decode_threads=args.decode_threads)
-        r = run_bench(sess, args.prompt, args.decode, (), 16, 3)
-        print(f"| {pkg.name} | {r.backend} | {label} | {nbytes / 1e6:.2f} | {floor:.0f} | {r.decode_tok_s:.1f} "
-              f"| {100 * r.decode_tok_s / floor:.1f}% | {r.prefill_tok_s:.0f} |", flush=True)
+        tok_s = statistics.median(decode[j])
+        print(f"| {pkg.name} | {backends[j]} | {label} | {nbytes / 1e6:.2f} | {floor:.0f} "
+              f"| {tok_s:.1f} ({min(decode[j]):.1f}-{max(decode[j]):.1f}) | {100 * tok_s / floor:.1f}% "
+              f"| {statistics.median(prefill[j]):.0f} |", flush=True)
 
 
 if __name__ == "__main__":
