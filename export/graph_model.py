@@ -34,15 +34,20 @@ class ExportLM(nn.Module):
     x / sqrt(mean(x^2) + eps) * w with ReduceMean, which its optimizer turns into one
     SimplifiedLayerNormalization; ``F.layer_norm``, one LayerNormalization) instead of ~9 elementwise
     ops and products with constant mean vectors each (the spelling XNNPACK takes). ONNX graphs only.
+    ``flat_step``: the step's residual stream is (B, D) instead of (B, 1, D), so that no Linear and no
+    norm wraps its input in reshapes (XNNPACK runs each as a copy). ExecuTorch graphs only: ONNX keeps
+    (B, 1, D), whose Linears export as MatMul on W^T like the prefill's, sharing one weights file.
     """
 
-    def __init__(self, model: xLSTMForCausalLM, prefill_chunk: int | None = None, fused_norms: bool = False):
+    def __init__(self, model: xLSTMForCausalLM, prefill_chunk: int | None = None, fused_norms: bool = False,
+                 flat_step: bool = False):
         super().__init__()
         c = model.config
         self.model = model
         self.config = c
         self.chunk = prefill_chunk
         self.fused_norms = fused_norms
+        self.flat_step = flat_step
         kinds = c.block_types()
         means = [c.hidden_size]
         if "m" in kinds:
@@ -56,11 +61,14 @@ class ExportLM(nn.Module):
     def step(self, input_ids: Tensor, state: State) -> tuple[Tensor, State]:
         """input_ids (B, 1) -> logits (B, V), new state.
 
-        The residual stream stays (B, 1, D), as in prefill: a Linear on a 2-D input exports to ONNX
-        as Gemm on W, on a 3-D one as MatMul on W^T, and the two graphs share W^T in one weights file.
+        The residual stream stays (B, 1, D), as in prefill (a Linear on a 2-D input exports to ONNX
+        as Gemm on W, on a 3-D one as MatMul on W^T, and the two graphs share W^T in one weights file),
+        or is (B, D) with ``flat_step``.
         """
         m = self.model
         x = m.backbone.embeddings(input_ids)  # (B, 1, D)
+        if self.flat_step:
+            x = x.view(x.shape[0], -1)  # (B, D)
         new_state: State = []
         for idx, block in enumerate(m.backbone.blocks):
             if isinstance(block, mLSTMBlock):
@@ -154,7 +162,8 @@ class ExportLM(nn.Module):
         return layer.out_proj(torch.sigmoid(layer.ogate_preact(x)) * h)
 
     def _mlstm_step(self, layer: mLSTMLayer, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
-        """x (B, 1, D) -> layer output (B, 1, D); state C (B, NH, DQK, DV), n (B, NH, DQK), m (B, NH).
+        """x (B, 1, D) or (B, D) -> layer output of the same shape; state C (B, NH, DQK, DV), n (B, NH, DQK),
+        m (B, NH).
 
         Heads are merged with the batch (BH = B * NH rows, views of the same memory: one token's
         head-major layout needs no permute). C_new = f * C + i * (k v^T), in this order: scaling k
@@ -183,7 +192,7 @@ class ExportLM(nn.Module):
         num = torch.bmm(q_scaled, C_new.view(BH, DQK, DV))  # (BH, 1, DV)
         den = torch.bmm(q_scaled, n_new)  # (BH, 1, 1)
         h = num / (torch.maximum(torch.abs(den), torch.exp(-m_new).view(BH, 1, 1)) + c.eps)
-        h = self._head_norm_rows(layer.multihead_norm, h.view(BH, DV), (B, 1, NH * DV))
+        h = self._head_norm_rows(layer.multihead_norm, h.view(BH, DV), (*x.shape[:-1], NH * DV))
         new = {"C": C_new, "n": n_new.view(B, NH, DQK), "m": m_new}
         return layer.out_proj(torch.sigmoid(layer.ogate_preact(x)) * h), new
 
@@ -293,8 +302,9 @@ class ExportLM(nn.Module):
         return silu(out + layer.conv.bias)
 
     def _slstm_step(self, layer: sLSTMLayer, x: Tensor, state: LayerState) -> tuple[Tensor, LayerState]:
-        """x (B, 1, D); state y, c, n, m (B, NH, DH), conv (B, K-1, D)."""
-        B = x.shape[0]
+        """x (B, 1, D) or (B, D) -> output of the same shape; state y, c, n, m (B, NH, DH), conv (B, K-1, D)."""
+        B, flat = x.shape[0], x.dim() == 2
+        x = x.view(B, 1, -1) if flat else x
         new: LayerState = {}
         x_conv = x
         if layer.kernel_size > 0:
@@ -304,7 +314,8 @@ class ExportLM(nn.Module):
         wx = [t.view(B, t.shape[2], t.shape[3]) for t in self._slstm_gates_in(layer, x, x_conv)]
         y, c_, n, m = self._slstm_cell(layer, wx, state["y"], state["c"], state["n"], state["m"])
         new.update(y=y, c=c_, n=n, m=m)
-        return self._head_norm(layer.group_norm, y.reshape(B, 1, *y.shape[1:])), new
+        out = self._head_norm(layer.group_norm, y.reshape(B, 1, *y.shape[1:]))
+        return (out.view(B, -1) if flat else out), new
 
     def _slstm_prefill(
         self, layer: sLSTMLayer, x: Tensor, state: LayerState, keep: Tensor, drop: Tensor, valid_length: Tensor

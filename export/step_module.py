@@ -56,12 +56,13 @@ def prefill_chunk_size(model: xLSTMForCausalLM, tokens_per_call: int) -> int:
 
 
 class StepModule(nn.Module):
-    """One token: (input_ids (B, 1), *past) -> (logits (B, V), *present). ``fused_norms``: see ``ExportLM``."""
+    """One token: (input_ids (B, 1), *past) -> (logits (B, V), *present). ``fused_norms``, ``flat_step``:
+    see ``ExportLM``."""
 
-    def __init__(self, model: xLSTMForCausalLM, fused_norms: bool = False):
+    def __init__(self, model: xLSTMForCausalLM, fused_norms: bool = False, flat_step: bool = False):
         super().__init__()
         check_supported(model)
-        self.lm = ExportLM(model, fused_norms=fused_norms)
+        self.lm = ExportLM(model, fused_norms=fused_norms, flat_step=flat_step)
         self.eval()
 
     def forward(self, input_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:

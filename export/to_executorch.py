@@ -33,7 +33,7 @@ def export_programs(
     """{"step": program, "prefill": program} for a fixed ``batch``."""
     programs = {}
     for method, module, T in (
-        ("step", StepModule(model), 1),
+        ("step", StepModule(model, flat_step=True), 1),  # (B, D) residual stream: fewer XNNPACK copies
         ("prefill", PrefillModule(model, tokens_per_call), tokens_per_call),
     ):
         args = example_inputs(model, batch, T, method == "prefill")

@@ -66,7 +66,8 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
     facts: dict[str, Any] = {}
     with torch.no_grad(), quiet_lowering():
         for name, (kind, tokens) in methods.items():
-            module = StepModule(ao_model) if kind == "step" else PrefillModule(ao_model, tokens)
+            module = (StepModule(ao_model, flat_step=True) if kind == "step"  # as export.to_executorch
+                      else PrefillModule(ao_model, tokens))
             args = example_inputs(ao_model, batch, tokens, kind == "prefill")
             programs[name] = torch.export.export(module, args, strict=False)
             facts[name] = {"state_in_graph": check_state_float(programs[name], 2 if kind == "prefill" else 1)}
