@@ -40,7 +40,7 @@ _backend_option = click.option(
     help="onnxruntime | executorch | torch (default: the package's own; torch takes a checkpoint directory).")
 _threads_option = click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 _decode_threads_option = click.option("--decode-threads", type=int, default=None,
-                                      help="Threads of one-token decode steps (default: --threads); 1 can be faster on small machines.")
+                                      help="Threads of one-token decode steps (default: --threads; ONNX Runtime and torch only).")
 
 
 @click.command("generate")

@@ -60,9 +60,10 @@ def load(
     tokenizer    a ``xlstm_edge.tokenizer.Tokenizer``; None reads the package's / checkpoint's (a model
                  object with a byte-level config gets the byte tokenizer)
     num_threads  intra-op threads of the backend (default: the cores this process may use)
-    decode_threads  threads of one-token steps (default: ``num_threads``). On small machines one
-                 thread can decode faster than two: a decode step is ~1000 small ops, each one a
-                 thread hand-off (bench/results/quant.md: 1.3-1.7x on a 2-core VM, int8)
+    decode_threads  threads of one-token steps (default: ``num_threads``; ONNX Runtime and torch
+                 only: ExecuTorch's threadpool is process-wide). A step is ~1000 small ops, so two
+                 threads gain less in decode than in prefill (bench/RESULTS.md: int8 on a 2-core VM,
+                 1.2-1.4x)
     """
     if backend is not None and backend not in BACKENDS:
         raise UnknownBackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
