@@ -19,6 +19,8 @@ from .errors import GenerationArgumentError, PackageError
 from .package_checks import check_graph_io, manifest_config_and_layout
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
+
+
 class OrtBackend(Backend):
     """onnxruntime ``InferenceSession``s on the CPU execution provider."""
 

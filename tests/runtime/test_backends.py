@@ -186,8 +186,12 @@ def test_session_ops_run_on_one_torch_thread_beside_a_backend_pool(backend, pack
         from xlstm_edge.runtime import sampling
 
         real_sample = sampling.Sampler.__call__
-        monkeypatch.setattr(sampling.Sampler, "__call__",
-                            lambda self, *a: (sampled.append(torch.get_num_threads()), real_sample(self, *a))[1])
+
+        def sample_and_note_threads(self, *args):
+            sampled.append(torch.get_num_threads())
+            return real_sample(self, *args)
+
+        monkeypatch.setattr(sampling.Sampler, "__call__", sample_and_note_threads)
         sess.prefill(random_ids(5))
         sess.step([7])
         list(sess.stream("ab", max_new_tokens=3))
