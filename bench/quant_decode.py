@@ -3,14 +3,14 @@
     .venv/bin/python bench/quant_decode.py PKG [PKG ...] [--threads 2] [--decode-threads N] [--prompt 64]
         [--decode 64] [--rounds 3]
 
-Packages are measured in --rounds interleaved rounds (one session loaded at a time) (each after a bandwidth
-reading), so that a slow spell of the shared machine hits every package alike; the table gives medians
-over rounds. For each package (batch 1, --threads threads, decode steps on --decode-threads, default
-the same): prefill of --prompt tokens, then --decode greedy steps (``runtime.bench.run_bench``:
-medians), and the floor = bytes of weights read per decode step / read
+Packages are measured in --rounds interleaved rounds, one session loaded at a time, each round after
+a bandwidth reading, so that a slow spell of the shared machine hits every package alike; the table
+gives medians over rounds (progress on stderr). For each package (batch 1, --threads threads, decode
+steps on --decode-threads, default the same): prefill of --prompt tokens, then --decode greedy steps
+(``runtime.bench.run_bench``: medians), and the floor = bytes of weights read per decode step / read
 bandwidth measured here (a float32 sum over 1 GiB). Bytes per step come from the manifest: int8
-weights 1 byte each plus a float32 scale per output channel (int4: half a byte plus a scale per group), everything else 4 bytes, the input
-embedding one row. Prints a markdown table. Not a test.
+weights 1 byte each plus a float32 scale per output channel (int4: half a byte plus a scale per
+group), everything else 4 bytes, the input embedding one row. Prints a markdown table. Not a test.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=64)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds over all packages (loaded once), each after its own bandwidth reading")
+                    help="interleaved rounds over all packages, each after its own bandwidth reading")
     ap.add_argument("--decode-threads", type=int, default=None,
                     help="threads of decode steps (default --threads); the floor stays at --threads' bandwidth")
     args = ap.parse_args()
@@ -87,9 +87,10 @@ def main() -> None:
     bws: list[float] = []
     decode: list[list[float]] = [[] for _ in args.packages]
     prefill: list[list[float]] = [[] for _ in args.packages]
-    for _ in range(args.rounds):  # packages interleaved: a slow spell of the machine hits them all
+    for i in range(args.rounds):  # packages interleaved: a slow spell of the machine hits them all
         bws.append(read_bandwidth_gbs(args.threads))
         for j, pkg in enumerate(args.packages):
+            print(f"round {i + 1}/{args.rounds}: {pkg.name}", file=sys.stderr, flush=True)
             # one session alive at a time: idle pools of other sessions would compete for the cores
             sess = load(pkg, num_threads=args.threads, decode_threads=args.decode_threads)
             r = run_bench(sess, args.prompt, args.decode, (), 16, 3)
