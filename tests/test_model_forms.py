@@ -73,7 +73,10 @@ def test_stepping_from_any_prefix_equals_one_pass(seed, preset, prefix):
         head, state = model(ids[:, :prefix], form="chunkwise")
         tail, _ = _step_all(model, ids[:, prefix:], state)
         got = torch.cat([head, tail], 1)
-    assert rel_err(got, expected) <= 1e-5, (preset, prefix, seed, rel_err(got, expected))
+    # the file's float32 bound, as for the other forms: a rare draw is ill-conditioned for every float32
+    # form alike (seed 3235893446, tiny: one position off by 2e-4; parallel 1.5e-5, steps 1.2e-5, this
+    # path 1.35e-5 from float64), while 900 other draws stay below 6e-6
+    assert rel_err(got, expected) <= RTOL_FP32, (preset, prefix, seed, rel_err(got, expected))
 
 
 def test_chunked_prefill_with_state_equals_one_pass(seed):
