@@ -4,7 +4,7 @@
 dict of programs (one multi-method program), ``to_executorch``. The batch dim is static (default
 1): a dynamic one made lowering several times slower here for no gain on a device that streams
 one conversation; the manifest names the fixed batch in each graph's input shapes.
-Outputs of a loaded method alias memory that the next call overwrites: runners must copy them.
+Packages read their inputs in place (``backend_config``); the binding returns outputs as fresh tensors.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from xlstm_edge.model import xLSTMForCausalLM
 
@@ -22,8 +22,10 @@ EXTERNAL_DATA_BYTES = 1_800_000_000  # a little under protobuf's 2 GiB, leaving 
 OPSET = 20
 
 
-def _param_bytes(model: xLSTMForCausalLM) -> int:
-    return sum(p.numel() * p.element_size() for p in {id(p): p for p in model.parameters()}.values())
+def weight_bytes(model: nn.Module) -> int:
+    """Bytes of the model's distinct parameters and buffers (an int8 weight is a buffer)."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _dynamic_batch(args: tuple[Tensor, ...], n_leading: int, max_batch: int):
@@ -40,7 +42,7 @@ def export_onnx_method(
     # norms spelled so that ONNX Runtime fuses each into one node (ExportLM)
     module = PrefillModule(model, tokens_per_call, fused_norms=True) if prefill else StepModule(model, fused_norms=True)
     args = example_inputs(model, 2, tokens_per_call, prefill)  # batch 2: a size-1 dim would be specialized
-    external = _param_bytes(model) > EXTERNAL_DATA_BYTES
+    external = weight_bytes(model) > EXTERNAL_DATA_BYTES
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecated pytree calls
         program = torch.onnx.export(

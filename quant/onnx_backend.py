@@ -16,7 +16,7 @@ import onnxscript.optimizer
 import torch
 from torch import Tensor, nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs, input_names, output_names
-from xlstm_edge.export.to_onnx import EXTERNAL_DATA_BYTES
+from xlstm_edge.export.to_onnx import EXTERNAL_DATA_BYTES, weight_bytes
 
 from .handler import QuantizationError
 from .onnx_ops import PLACEHOLDER_DOMAIN, translation_table
@@ -26,12 +26,6 @@ FOLD_LIMIT = 256  # elements: fold scalars and small constants, never a weight
 # ops that carry int8 / uint8 values; a state tensor must never feed one directly
 QUANT_OPS = ("MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
              "DynamicQuantizeMatMul", "MatMulNBits")
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's distinct parameters and buffers (an int8 weight is a buffer)."""
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _module(model: nn.Module, method: str, tokens_per_call: int) -> nn.Module:

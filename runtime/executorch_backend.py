@@ -180,7 +180,7 @@ class ExecuTorchBackend(SingleBufferBackend):
 
     # ---- Backend API -----------------------------------------------------------------------------
     def _call(self, method: str, inputs: list[Tensor]) -> Tensor:
-        """Run ``method`` on batch-first ``inputs`` + the state; copy ``present.*`` into the state buffers.
+        """Run ``method`` on batch-first ``inputs`` + the state; ``present.*`` become the state.
 
         A batch larger than the method takes (or, for a static-batch method, of another size) runs in
         groups of its batch, the last group padded with copies of its first row.
@@ -202,7 +202,7 @@ class ExecuTorchBackend(SingleBufferBackend):
             outs = self._methods[method].execute(group)
             for buf, out in zip(self._state, outs[1:], strict=True):
                 buf[rows].copy_(out[:n])
-            logits.append(outs[0][:n].clone())
+            logits.append(outs[0][:n])  # fresh tensors: torch.cat copies them once
         return torch.cat(logits)
 
     def step(self, input_ids: Tensor) -> Tensor:
