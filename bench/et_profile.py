@@ -67,17 +67,19 @@ def etdump_profile(pte: Path, method: str, inputs: list[torch.Tensor], calls: in
 
 def plain_times(ptes: list[Path], method: str, inputs: list[torch.Tensor], rounds: int) -> list[list[float]]:
     from executorch.runtime import Runtime
+    from xlstm_edge.runtime.host_threads import torch_threads
 
     methods = [Runtime.get().load_program(str(p)).load_method(method) for p in ptes]
     times: list[list[float]] = [[] for _ in methods]
-    for _ in range(rounds):
-        for j, m in enumerate(methods):
-            for _ in range(3):
-                m.execute(inputs)
-            for _ in range(20):
-                t = time.perf_counter()
-                m.execute(inputs)
-                times[j].append((time.perf_counter() - t) * 1e3)
+    with torch_threads(1):  # as Session.host_ops: torch's spinning OpenMP workers would take XNNPACK's cores
+        for _ in range(rounds):
+            for j, m in enumerate(methods):
+                for _ in range(3):
+                    m.execute(inputs)
+                for _ in range(20):
+                    t = time.perf_counter()
+                    m.execute(inputs)
+                    times[j].append((time.perf_counter() - t) * 1e3)
     return times
 
 
