@@ -57,8 +57,8 @@ def median_call_ms(call: Callable[[], object], calls: int, warmup: int = 5) -> f
 
 # ---- the products alone --------------------------------------------------------------------------
 def onnx_products(package: Path, graph_file: str, out: Path) -> tuple[Path, int]:
-    """step.onnx's weight products (nodes whose second input is an initializer of rank >= 2, or
-    MatMulNBits), each on its own (1, K) input, saved as one graph. Returns it and the node count."""
+    """step.onnx's weight products (MatMulNBits, or a product whose second input is a 2-D initializer),
+    each on its own (1, K) input, saved as one graph. Returns its path and the product count."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -72,7 +72,7 @@ def onnx_products(package: Path, graph_file: str, out: Path) -> tuple[Path, int]
         w = inits[node.input[1]]
         if node.op_type == "MatMulNBits":
             k = attrs["K"]
-        elif len(w.dims) != 2:
+        elif len(w.dims) != 2 or min(w.dims) == 1:  # not a weight (a constant mean vector of a norm)
             continue
         else:
             k = w.dims[1] if node.op_type == "Gemm" and attrs.get("transB", 0) else w.dims[0]
