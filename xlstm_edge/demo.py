@@ -1,13 +1,15 @@
 """``xlstm-edge demo`` (what ``make demo`` runs): the whole path on the embedded model.
 
 export the embedded demo checkpoint to ONNX Runtime and to ExecuTorch (each parity-checked at export),
-then stream a generation from each package and from the eager model, printing tok/s for each.
+quantize each package to int8 (int8-dynamic, int8 embedding; quality report printed, gate enforced),
+then stream a generation from every package and from the eager model, printing tok/s for each.
 Packages are kept under ``--out`` and reused on the next run when they were made from the same
 weights (``--fresh`` rebuilds them).
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,17 +18,24 @@ import click
 
 FORMATS = {"onnx": "onnxruntime", "executorch": "executorch"}
 DEFAULT_PROMPT = "def read_config(path):\n"
+INT8_SCHEME, INT8_EMBEDDING = "int8-dynamic", "int8"
 
 
-def reusable(package: Path, sha: str) -> bool:
-    """Whether ``package`` is a complete package made from weights with this hash."""
+def reusable(package: Path, sha: str, scheme: str | None = None, embedding: str | None = None) -> bool:
+    """Whether ``package`` is a complete package made from weights with this hash: float32 when
+    ``scheme`` is None, else quantized with ``scheme`` and ``embedding``."""
     from xlstm_edge.export.metadata import ManifestError, read_manifest
 
     try:
         manifest = read_manifest(package)
     except ManifestError:
         return False
-    return (manifest.source or {}).get("weights_sha256") == sha and manifest.quantization is None
+    if (manifest.source or {}).get("weights_sha256") != sha:
+        return False
+    q = manifest.quantization
+    if scheme is None:
+        return q is None
+    return q is not None and q.get("scheme") == scheme and q.get("embedding") == embedding
 
 
 def build_package(checkpoint: Path, package: Path, fmt: str, sha: str) -> None:
@@ -46,6 +55,27 @@ def build_package(checkpoint: Path, package: Path, fmt: str, sha: str) -> None:
                f"(limit {p['tolerance']:.0e}); {result.timings['total']:.0f} s", err=True)
 
 
+def build_int8(package: Path, out: Path, threads: int) -> None:
+    """Quantize the float32 ``package`` into ``out`` (replaced), printing the quality report; raises
+    ``click.ClickException`` if the quality gate is missed (nothing is written then)."""
+    from xlstm_edge.export.metadata import ManifestError
+    from xlstm_edge.quant.cli import format_report
+    from xlstm_edge.quant.handler import QuantizationError
+    from xlstm_edge.quant.package import QuantizeOptions, quantize_package
+    from xlstm_edge.quant.quality import EvalTextError
+
+    if out.exists():
+        shutil.rmtree(out)
+    opts = QuantizeOptions(scheme=INT8_SCHEME, embedding=INT8_EMBEDDING, num_threads=threads)
+    try:
+        result = quantize_package(package, out, opts, log=lambda msg: click.echo(f"  {msg}", err=True))
+    except (QuantizationError, EvalTextError, ManifestError) as e:
+        raise click.ClickException(f"quantizing {package}: {e}") from None
+    click.echo("\n".join(f"  {line}" for line in format_report(result.report, INT8_SCHEME).splitlines()), err=True)
+    if result.out is None:
+        raise click.ClickException(f"the int8 package of {package} missed its quality gate; nothing written to {out}")
+
+
 def stream_one(source: Path, backend: str, prompt: str, max_new_tokens: int, seed: int, threads: int) -> str:
     """Stream a sampled continuation of ``prompt`` to stdout; return the stats line."""
     from xlstm_edge.runtime import SamplingConfig, load
@@ -62,14 +92,17 @@ def stream_one(source: Path, backend: str, prompt: str, max_new_tokens: int, see
 
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
-              help="Where the packages go (demo-onnx/, demo-executorch/).")
+              help="Where the packages go (demo-onnx/, demo-executorch/, and their -int8/ copies).")
 @click.option("--prompt", default=DEFAULT_PROMPT, show_default=True, help="Prompt to continue.")
 @click.option("--max-new-tokens", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed (same text on every backend).")
 @click.option("--threads", type=click.IntRange(1), default=2, show_default=True, help="CPU threads.")
 @click.option("--fresh", is_flag=True, help="Re-export even if packages from the same weights exist.")
-def demo_cmd(out: Path, prompt: str, max_new_tokens: int, seed: int, threads: int, fresh: bool) -> None:
-    """Export the embedded demo model to ONNX and ExecuTorch, then stream from each (and from eager torch).
+@click.option("--int8/--no-int8", default=True, show_default=True,
+              help=f"Also quantize each package ({INT8_SCHEME}, {INT8_EMBEDDING} embedding) and stream from it.")
+def demo_cmd(out: Path, prompt: str, max_new_tokens: int, seed: int, threads: int, fresh: bool, int8: bool) -> None:
+    """Export the embedded demo model to ONNX and ExecuTorch, quantize each to int8, then stream from
+    every package (and from eager torch).
 
     \b
     Example:
@@ -91,14 +124,23 @@ def demo_cmd(out: Path, prompt: str, max_new_tokens: int, seed: int, threads: in
             continue
         click.echo(f"== export {checkpoint.name} -> {package} ({fmt})", err=True)
         build_package(checkpoint, package, fmt, sha)
+    runs = [("torch (eager)", checkpoint, "torch")] + [(FORMATS[f], packages[f], FORMATS[f]) for f in FORMATS]
+
+    for fmt in FORMATS if int8 else ():
+        package = out / f"demo-{fmt}-int8"
+        runs.append((f"{FORMATS[fmt]} int8", package, FORMATS[fmt]))
+        if not fresh and reusable(package, sha, INT8_SCHEME, INT8_EMBEDDING):
+            click.echo(f"== {package}: made from these weights already, reusing it (--fresh rebuilds)", err=True)
+            continue
+        click.echo(f"== quantize {packages[fmt]} -> {package} ({INT8_SCHEME}, {INT8_EMBEDDING} embedding)", err=True)
+        build_int8(packages[fmt], package, threads)
 
     stats = {}
-    runs = [("torch (eager)", checkpoint, "torch")] + [(FORMATS[f], packages[f], FORMATS[f]) for f in FORMATS]
     for label, source, backend in runs:
         click.echo(f"\n== stream from {label}: {source}", err=True)
         stats[label] = stream_one(source, backend, prompt, max_new_tokens, seed, threads)
     click.echo(f"\n== summary (batch 1, {threads} threads)", err=True)
     for label, line in stats.items():
-        click.echo(f"  {label:<14} {line}", err=True)
+        click.echo(f"  {label:<16} {line}", err=True)
     click.echo(f"done in {time.perf_counter() - t0:.0f} s; try: xlstm-edge generate {packages['onnx']} "
                "--prompt 'import ' --max-new-tokens 100", err=True)

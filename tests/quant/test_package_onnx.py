@@ -131,6 +131,20 @@ def test_runtime_streams_from_the_int8_package(ort_built, seed):
     assert len(session.generate_ids([], max_new_tokens=5)[0]) == 5
 
 
+def test_demo_reuses_a_package_only_for_the_same_weights_and_scheme(ort_built):
+    from xlstm_edge.checkpoint import weights_sha256
+    from xlstm_edge.demo import reusable
+
+    sha = weights_sha256(ort_built.checkpoint)
+    int8 = ort_built.int8["int8-dynamic", "int8"].out
+    assert reusable(ort_built.package, sha) and not reusable(int8, sha)
+    assert reusable(int8, sha, "int8-dynamic", "int8")
+    assert not reusable(int8, sha, "int8-dynamic", "fp32") and not reusable(int8, sha, "int4-dynamic", "int8")
+    assert not reusable(ort_built.package, sha, "int8-dynamic", "int8")
+    assert not reusable(int8, "0" * 64, "int8-dynamic", "int8")
+    assert not reusable(int8.parent / "missing", sha, "int8-dynamic", "int8")
+
+
 def test_already_quantized_package(ort_built, tmp_path):
     with pytest.raises(QuantizationError, match="already quantized \\(int8-weight\\)"):
         quantize(ort_built.int8["int8-weight", "fp32"].out, tmp_path / "x", "int8-dynamic")
