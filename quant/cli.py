@@ -5,6 +5,7 @@ Plugged into ``xlstm_edge.cli`` lazily (``COMMANDS``); the work is in ``package.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,25 @@ def format_report(report: dict[str, Any], scheme: str) -> str:
                  f"{100 * gate['min_greedy_agreement']:.0f}%): {verdict}")
     lines.append(f"eval text: {ev['source']}")
     return "\n".join(lines)
+
+
+def quantize_with_report(package: Path, out: Path, opts: Any, echo: Callable[[str], None]) -> Any:
+    """``quantize_package`` for a command line: progress on stderr, the report through ``echo``, bad input
+    and a missed quality gate as one-line ``click.ClickException``s. Returns the ``QuantizeResult``."""
+    from xlstm_edge.export.metadata import ManifestError
+
+    from .handler import QuantizationError
+    from .package import quantize_package
+    from .quality import EvalTextError
+
+    try:
+        result = quantize_package(package, out, opts, log=lambda msg: click.echo(msg, err=True))
+    except (QuantizationError, EvalTextError, ManifestError) as e:
+        raise click.ClickException(str(e)) from None
+    echo(format_report(result.report, opts.scheme))
+    if result.out is None:
+        raise click.ClickException(f"quality gate missed: nothing written to {out} (xlstm-edge quantize --allow-quality-loss writes it)")
+    return result
 
 
 @click.command("quantize")
@@ -92,11 +112,7 @@ def quantize_cmd(package: Path, out: Path, scheme: str, embedding: str, checkpoi
       xlstm-edge quantize pkg/ --scheme int8-dynamic pkg-int8/
       xlstm-edge quantize pkg/ --scheme int8-dynamic --embedding int8 pkg-int8-emb/
     """
-    from xlstm_edge.export.metadata import ManifestError
-
-    from .handler import QuantizationError
-    from .package import QuantizeOptions, quantize_package
-    from .quality import EvalTextError
+    from .package import QuantizeOptions
 
     opts = QuantizeOptions(
         scheme=scheme, embedding=embedding, checkpoint=checkpoint, eval_text=eval_text,
@@ -104,11 +120,5 @@ def quantize_cmd(package: Path, out: Path, scheme: str, embedding: str, checkpoi
         greedy_tokens=greedy_tokens, max_ppl_increase=max_ppl_increase,
         min_greedy_agreement=min_greedy_agreement, num_threads=threads,
     )
-    try:
-        result = quantize_package(package, out, opts, log=lambda msg: click.echo(msg, err=True))
-    except (QuantizationError, EvalTextError, ManifestError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(format_report(result.report, scheme))
-    if result.out is None:
-        raise click.ClickException(f"quality gate missed: nothing written to {out} (--allow-quality-loss writes it)")
+    result = quantize_with_report(package, out, opts, echo=click.echo)
     click.echo(f"wrote {result.out}")

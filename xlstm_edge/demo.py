@@ -57,23 +57,14 @@ def build_package(checkpoint: Path, package: Path, fmt: str, sha: str) -> None:
 
 def build_int8(package: Path, out: Path, threads: int) -> None:
     """Quantize the float32 ``package`` into ``out`` (replaced), printing the quality report; raises
-    ``click.ClickException`` if the quality gate is missed (nothing is written then)."""
-    from xlstm_edge.export.metadata import ManifestError
-    from xlstm_edge.quant.cli import format_report
-    from xlstm_edge.quant.handler import QuantizationError
-    from xlstm_edge.quant.package import QuantizeOptions, quantize_package
-    from xlstm_edge.quant.quality import EvalTextError
+    ``click.ClickException`` on a missed quality gate (nothing is written then)."""
+    from xlstm_edge.quant.cli import quantize_with_report
+    from xlstm_edge.quant.package import QuantizeOptions
 
     if out.exists():
         shutil.rmtree(out)
     opts = QuantizeOptions(scheme=INT8_SCHEME, embedding=INT8_EMBEDDING, num_threads=threads)
-    try:
-        result = quantize_package(package, out, opts, log=lambda msg: click.echo(f"  {msg}", err=True))
-    except (QuantizationError, EvalTextError, ManifestError) as e:
-        raise click.ClickException(f"quantizing {package}: {e}") from None
-    click.echo("\n".join(f"  {line}" for line in format_report(result.report, INT8_SCHEME).splitlines()), err=True)
-    if result.out is None:
-        raise click.ClickException(f"the int8 package of {package} missed its quality gate; nothing written to {out}")
+    quantize_with_report(package, out, opts, echo=lambda report: click.echo(report, err=True))
 
 
 def stream_one(source: Path, backend: str, prompt: str, max_new_tokens: int, seed: int, threads: int) -> str:

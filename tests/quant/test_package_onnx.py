@@ -205,3 +205,14 @@ def test_cli_errors(ort_built, tmp_path):
                                "--calibration-text", str(tmp_path / "none.txt")])
     assert res.exit_code != 0 and "calibration text" in res.output and "does not exist" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_fails_and_writes_nothing_when_the_quality_gate_is_missed(ort_built, tmp_path):
+    from xlstm_edge.cli import main
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(main, ["quantize", str(ort_built.package), str(out), "--scheme", "int8-dynamic",
+                                    "--max-ppl-increase", "-1", "--eval-tokens", "64", "--greedy-tokens", "8"])
+    assert res.exit_code != 0, res.output
+    assert "quality gate (perplexity <= -100.0%" in res.output and "MISSED" in res.output
+    assert "quality gate missed: nothing written" in res.output and not out.exists()
