@@ -65,6 +65,12 @@ def bytes_per_token(package: Path) -> tuple[float, str]:
     return nbytes, label
 
 
+def bandwidth_summary(bws: list[float], threads: str) -> str:
+    """One line: the median of the rounds' bandwidth readings (GB/s), their range, the threads, the CPU."""
+    return (f"read bandwidth {statistics.median(bws):.1f} GB/s (median of {len(bws)} rounds: {min(bws):.1f}-"
+            f"{max(bws):.1f}; {threads}), {platform.processor() or platform.machine()}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("packages", nargs="+", type=Path)
@@ -101,8 +107,7 @@ def main() -> None:
             gc.collect()
     bw = statistics.median(bws)
     on = f", decode on {args.decode_threads}" if args.decode_threads not in (None, args.threads) else ""
-    print(f"read bandwidth {bw:.1f} GB/s (median of {args.rounds} rounds: {min(bws):.1f}-{max(bws):.1f}; "
-          f"{args.threads} threads{on}), {platform.processor() or platform.machine()}")
+    print(bandwidth_summary(bws, f"{args.threads} threads{on}"))
     print("| package | backend | scheme | weight MB read / token | floor tok/s | decode tok/s (range) | % of floor "
           "| prefill tok/s |")
     print("|---|---|---|---|---|---|---|---|")

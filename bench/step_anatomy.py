@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 import sys
 import tempfile
@@ -34,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_decode import read_bandwidth_gbs  # noqa: E402
-from quant_decode import bytes_per_token  # noqa: E402
+from quant_decode import bandwidth_summary, bytes_per_token  # noqa: E402
 
 PRODUCT_OPS = ("MatMulNBits", "MatMul", "Gemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
@@ -225,8 +224,7 @@ def main() -> None:
                 del prod_call
                 gc.collect()
     bw = statistics.median(bws)
-    print(f"read bandwidth {bw:.1f} GB/s (median of {args.rounds} rounds: {min(bws):.1f}-{max(bws):.1f}; "
-          f"{args.threads} threads), {platform.processor() or platform.machine()}")
+    print(bandwidth_summary(bws, f"{args.threads} threads"))
     print("| package | backend | scheme | floor ms | step ms (% of floor) | products alone ms (% of floor) "
           "| rest ms | state read+write ms |")
     print("|---|---|---|---|---|---|---|---|")
