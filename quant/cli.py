@@ -7,11 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from .handler import EMBEDDINGS, SCHEMES
+
+if TYPE_CHECKING:
+    from .package import QuantizeOptions, QuantizeResult
 
 
 def _mib(n: int) -> str:
@@ -42,7 +45,8 @@ def format_report(report: dict[str, Any], scheme: str) -> str:
     return "\n".join(lines)
 
 
-def quantize_with_report(package: Path, out: Path, opts: Any, echo: Callable[[str], None]) -> Any:
+def quantize_with_report(package: Path, out: Path, opts: QuantizeOptions,
+                         echo: Callable[[str], None]) -> QuantizeResult:
     """``quantize_package`` for a command line: progress on stderr, the report through ``echo``, bad input
     and a missed quality gate as one-line ``click.ClickException``s. Returns the ``QuantizeResult``."""
     from xlstm_edge.export.metadata import ManifestError
