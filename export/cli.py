@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,17 +43,33 @@ def quiet_exporters() -> Iterator[None]:
 
 
 class StageLog:
-    """Prints ``[k/n] stage ...`` as each export stage starts (with the previous stage's time, since
-    exporters print lines of their own in between) and ``close()`` the last stage's time."""
+    """Prints ``[k/n] stage ...`` as each export stage starts (with the previous stage's time and peak
+    resident memory, since exporters print lines of their own in between) and ``close()`` the last
+    stage's. ``stats`` keeps {stage: (seconds, peak bytes or None)}."""
 
     def __init__(self, stages: list[str]):
+        from xlstm_edge.memory import PeakSampler
+
         self.stages = stages
         self.current: tuple[str, float] | None = None
+        self.stats: dict[str, tuple[float, int | None]] = {}
+        self.sampler = PeakSampler()
 
     def _elapsed(self) -> str:
-        return "" if self.current is None else f" ({self.current[0]}: {time.perf_counter() - self.current[1]:.1f} s)"
+        peak = self.sampler.restart()
+        if self.current is None:
+            return ""
+        from xlstm_edge.memory import gib
+
+        name, t0 = self.current
+        self.stats[name] = (time.perf_counter() - t0, peak)
+        return f" ({name}: {self.stats[name][0]:.1f} s, peak RSS {gib(peak)})"
 
     def __call__(self, name: str) -> None:
+        if self.sampler.stopped:
+            from xlstm_edge.memory import PeakSampler
+
+            self.sampler = PeakSampler()
         k = self.stages.index(name) + 1 if name in self.stages else "?"
         click.echo(f"[{k}/{len(self.stages)}] {name} ...{self._elapsed()}", err=True)
         self.current = (name, time.perf_counter())
@@ -63,6 +78,18 @@ class StageLog:
         if self.current is not None:
             click.echo(f"      done{self._elapsed()}", err=True)
             self.current = None
+        self.sampler.stop()
+
+    def __enter__(self) -> StageLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Stops the sampler thread whatever happened (an interrupted export included); prints the last
+        stage's figures only when the block ended normally."""
+        if exc[0] is None:
+            self.close()
+        else:
+            self.sampler.stop()
 
 
 @click.command("export")
@@ -78,21 +105,25 @@ class StageLog:
               help="tokenizer.json to package (default: the checkpoint's, else byte-level).")
 @click.option("--parity-steps", type=click.IntRange(1), default=64, show_default=True,
               help="Fed-back steps of the parity check run at export.")
-@click.option("--tolerance", type=float, default=1e-4, show_default=True,
-              help="Largest max |dlogits| (float32) the parity check accepts.")
+@click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Largest max |dlogits| the parity check accepts, absolute [default: 16x the eager "
+                   "float32 model's own error against float64, relative to the largest logit].")
 @click.option("--quantize", "scheme", default=None, help="Quantize in the same go (int8-weight, int8-dynamic).")
 @click.option("--embedding", default="fp32", show_default=True, help="With --quantize: the embedding table, fp32|int8.")
 @click.option("--allow-quality-loss", is_flag=True, help="With --quantize: write even if the quality gate is missed.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--ignore-memory-estimate", is_flag=True,
+              help="Start even if the export's estimated peak memory exceeds what the machine has available.")
 def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch: int, tokenizer_path: Path | None,
-               parity_steps: int, tolerance: float, scheme: str | None, embedding: str, allow_quality_loss: bool,
-               force: bool) -> None:
+               parity_steps: int, tolerance: float | None, scheme: str | None, embedding: str, allow_quality_loss: bool,
+               force: bool, ignore_memory_estimate: bool) -> None:
     """Export the checkpoint CKPT (a directory, or `demo` for the embedded model) to the package OUT.
 
     OUT gets the step and prefill graphs, tokenizer.json and the manifest xlstm_edge.json, which
-    records the state spec and the parity figures: every export runs its graphs against the eager
-    model (a prompt prefilled chunk by chunk, then fed-back steps) and fails, writing nothing, if
-    max |dlogits| exceeds the tolerance. OUT appears only when everything has passed.
+    records the state spec and the parity figures: every export runs its graphs against a float64
+    reference (a prompt prefilled chunk by chunk, then fed-back steps) and fails, writing nothing,
+    if their error exceeds 16x the eager float32 model's own (or --tolerance). OUT appears only when
+    everything has passed.
 
     \b
     Examples:
@@ -103,7 +134,7 @@ def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch
     from xlstm_edge.checkpoint import load_checkpoint, weights_sha256
     from xlstm_edge.tokenizer import load_tokenizer
 
-    from .package import STAGES, ExportError, check_out_dir, export_package, finalize
+    from .package import STAGES, ExportError, check_out_dir, export_package
     from .verify import ParityError
 
     path = resolve_checkpoint(ckpt)
@@ -118,55 +149,91 @@ def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch
             check_scheme(scheme, embedding)
         except QuantizationError as e:
             raise click.ClickException(str(e)) from None
+    if not ignore_memory_estimate:
+        _check_memory(path, fmt, scheme, embedding, prefill_tokens)
+    if scheme is not None:  # quantized as read, straight into OUT: no float package, no float model
+        _export_quantized(path, out, fmt, scheme, embedding, allow_quality_loss, tokenizer_path, prefill_tokens,
+                          batch, force)
+        return
     model = load_checkpoint(path)
     tokenizer = load_tokenizer(tokenizer_path if tokenizer_path is not None else path, model.config)
     source = {"checkpoint": str(path.resolve()), "weights_sha256": weights_sha256(path)}
     click.echo(f"exporting {path} ({sum(p.numel() for p in model.parameters()):,} parameters) to {fmt}", err=True)
+    with StageLog(STAGES[fmt]) as log:
+        try:
+            with quiet_exporters():
+                result = export_package(model, out, fmt, tokenizer=tokenizer, prefill_tokens=prefill_tokens,
+                                        batch=batch, parity_steps=parity_steps, tolerance=tolerance, force=force,
+                                        source=source, on_stage=log)
+        except (ExportError, ParityError) as e:
+            log.close()
+            raise click.ClickException(str(e)) from None
+    click.echo(f"parity: {_parity_line(result.manifest.parity)}", err=True)
+    click.echo(f"wrote {out} in {result.timings['total']:.1f} s")
 
-    target = out
-    staging: Path | None = None
-    if scheme is not None:  # float32 package first, in a hidden directory beside OUT
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.fp32-", dir=out.parent if out.parent.is_dir() else None))
-        target = staging / "fp32"
-    log = StageLog(STAGES[fmt])
+
+def _export_quantized(path: Path, out: Path, fmt: str, scheme: str, embedding: str, allow_quality_loss: bool,
+                      tokenizer_path: Path | None, prefill_tokens: int | None, batch: int, force: bool) -> None:
+    """``export --quantize``: the checkpoint quantized as it is read, graphs, checks, quality report, OUT."""
+    from xlstm_edge.quant.cli import format_report
+    from xlstm_edge.quant.handler import QuantizationError
+    from xlstm_edge.quant.package import QuantizeOptions, quantize_checkpoint
+    from xlstm_edge.quant.quality import EvalTextError
+
+    from xlstm_edge.checkpoint import checkpoint_info
+    from xlstm_edge.publish import move_into_place, staging_dir
+    from xlstm_edge.tokenizer import load_tokenizer
+
+    from .package import ExportError
+
+    info = checkpoint_info(path)
+    tokenizer = load_tokenizer(tokenizer_path if tokenizer_path is not None else path,
+                               _config_of(path))
+    click.echo(f"exporting {path} ({info['num_params']:,} parameters) to {fmt}, {scheme} "
+               f"(embedding {embedding}), quantized as it is read", err=True)
+    opts = QuantizeOptions(scheme=scheme, embedding=embedding, allow_quality_loss=allow_quality_loss)
+    staging = staging_dir(out)
     try:
         with quiet_exporters():
-            result = export_package(model, target, fmt, tokenizer=tokenizer, prefill_tokens=prefill_tokens,
-                                    batch=batch, parity_steps=parity_steps, tolerance=tolerance, force=force,
-                                    source=source, on_stage=log)
-        log.close()
-        click.echo(f"parity: {_parity_line(result.manifest.parity)}", err=True)
-        if scheme is None:
-            click.echo(f"wrote {out} in {result.timings['total']:.1f} s")
-            return
-        _quantize(target, staging / "int8", path, scheme, embedding, allow_quality_loss)
-        finalize(staging / "int8", out, force)
+            result = quantize_checkpoint(path, staging / "pkg", fmt, opts, tokenizer=tokenizer,
+                                         prefill_tokens=prefill_tokens, batch=batch,
+                                         log=lambda msg: click.echo(msg, err=True))
+        click.echo(format_report(result.report, scheme))
+        if result.out is None:
+            raise click.ClickException("quality gate missed: nothing written (--allow-quality-loss writes it)")
+        move_into_place(result.out, out, force, ExportError)
         click.echo(f"wrote {out}")
-    except (ExportError, ParityError) as e:
-        log.close()
+    except (QuantizationError, EvalTextError, ExportError) as e:
         raise click.ClickException(str(e)) from None
     finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _check_memory(path: Path, fmt: str, scheme: str | None, embedding: str, prefill_tokens: int | None) -> None:
+    """Refuse at once, in one line, an export whose estimated peak memory the machine lacks."""
+    from xlstm_edge.memory import available_bytes
+
+    from .estimate import estimate_export
+
+    estimate = estimate_export(_config_of(path), scheme, embedding)
+    refusal = estimate.refusal(available_bytes(), fmt, scheme, prefill_tokens)
+    if refusal is not None:
+        raise click.ClickException(refusal + " (--ignore-memory-estimate starts it anyway)")
+
+
+def _config_of(path: Path):
+    from xlstm_edge.weights import CheckpointWeights
+
+    return CheckpointWeights(path).config
 
 
 def _parity_line(parity: dict) -> str:
-    return (f"max |dlogits| {parity['max_abs_dlogits']:.2e} over prefill + {parity['steps']} steps "
-            f"(batch {parity['batch']}, tolerance {parity['tolerance']:.0e}), "
-            f"argmax agreement {100 * parity['argmax_agreement']:.1f}%")
+    return f"{parity_bound_text(parity)}, argmax agreement {100 * parity['argmax_agreement']:.1f}%"
 
 
-def _quantize(fp32_pkg: Path, out: Path, ckpt: Path, scheme: str, embedding: str, allow_quality_loss: bool) -> None:
-    """Quantize ``fp32_pkg`` into ``out`` (inside the staging directory) and print the quality report."""
-    from xlstm_edge.quant.cli import format_report
-    from xlstm_edge.quant.handler import QuantizationError
-    from xlstm_edge.quant.package import QuantizeOptions, quantize_package
-
-    opts = QuantizeOptions(scheme=scheme, embedding=embedding, checkpoint=ckpt, allow_quality_loss=allow_quality_loss)
-    try:
-        result = quantize_package(fp32_pkg, out, opts, log=lambda msg: click.echo(msg, err=True))
-    except (QuantizationError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(format_report(result.report, scheme))
-    if result.out is None:
-        raise click.ClickException("quality gate missed: nothing written (--allow-quality-loss writes it)")
+def parity_bound_text(parity: dict) -> str:
+    """One line: the graphs' error against float64 and the bound it was held to."""
+    bound = (f"tolerance {parity['tolerance']:.0e}" if parity.get("tolerance") is not None else
+             f"bound {parity['bound_rel']:.1e}, eager float32's own {parity['eager_float32_rel_err']:.1e}")
+    return (f"max |dlogits| {parity['max_abs_dlogits']:.2e} = {parity['max_rel_dlogits']:.1e} of max |logit| "
+            f"over prefill + {parity['steps']} steps (batch {parity['batch']}; {bound})")

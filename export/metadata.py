@@ -124,6 +124,9 @@ class Manifest:
     # where the weights came from: {"checkpoint": absolute path, "weights_sha256": ...} (or None for an
     # in-memory model); ``xlstm-edge quantize`` re-reads the float32 weights from there
     source: dict[str, Any] | None = None
+    # where each float parameter lies in the package's own files (ONNX: weights.bin offsets, see
+    # ``export.onnx_weights.weights_index``), so that ``xlstm-edge quantize`` needs no checkpoint
+    weights: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -144,7 +147,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         order = ["format", "format_version", "backend", "created", "model", "tokenizer", "state", "graphs",
-                 "quantization", "parity", "tools", "source"]
+                 "quantization", "parity", "tools", "source", "weights"]
         return {k: d[k] for k in order}
 
     @classmethod
@@ -187,6 +190,7 @@ class Manifest:
                 tools=dict(raw.get("tools") or {}),
                 created=raw.get("created", ""),
                 source=raw.get("source"),
+                weights=raw.get("weights"),
                 format=raw["format"],
                 format_version=raw["format_version"],
             )

@@ -1,9 +1,9 @@
 """Build a complete package: graphs, tokenizer, parity check, manifest; atomically.
 
-Everything is written to a hidden temporary directory beside ``out_dir`` (``.NAME.partial-*``) and
+Everything is written to a hidden staging directory beside ``out_dir`` (``xlstm_edge.publish``) and
 renamed to ``out_dir`` only after the parity check passed and the manifest is written, so an
-interrupted or failed export leaves no directory at ``out_dir`` (a killed process may leave the
-hidden one, never anything at ``out_dir``). With ``force`` an existing ``out_dir`` is replaced.
+interrupted or failed export leaves nothing at ``out_dir``. With ``force`` an existing ``out_dir`` is
+replaced.
 
     result = export_package(model, "pkg/", "onnx")        # or "executorch"
     result.manifest.parity["max_abs_dlogits"], result.timings
@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import importlib.metadata
-import os
 import platform
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlstm_edge.model import xLSTMForCausalLM
+from xlstm_edge.publish import check_target, publishing
 
 from .metadata import (
+    BATCH,
     STATE_CONVENTION,
     TOKENIZER_NAME,
     GraphEntry,
@@ -37,7 +35,7 @@ from .metadata import (
     write_manifest,
 )
 from .step_module import prefill_chunk_size
-from .verify import DEFAULT_TOLERANCE, ParityError, parity_check
+from .verify import ParityError, parity_check
 
 FORMATS: dict[str, str] = {"onnx": "onnxruntime", "executorch": "executorch"}  # --format -> manifest backend
 STAGES: dict[str, list[str]] = {
@@ -71,40 +69,43 @@ def _tool_versions(fmt: str) -> dict[str, str]:
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not force:
-        raise ExportError(f"{out_dir} already exists (pass --force to replace it)")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ExportError(f"{out_dir} exists and is not a directory")
-    if not out_dir.parent.is_dir():
-        raise ExportError(f"parent directory {out_dir.parent} does not exist")
+    check_target(out_dir, force, ExportError)
 
 
-def finalize(tmp: Path, out_dir: Path, force: bool) -> None:
-    """Rename the finished ``tmp`` to ``out_dir`` (moving an existing one aside first when ``force``)."""
-    old = None
-    if out_dir.exists():
-        if not force:
-            raise ExportError(f"{out_dir} appeared during the export; not replacing it without --force")
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        old.rmdir()
-        out_dir.rename(old)
-    tmp.rename(out_dir)
-    if old is not None:
-        shutil.rmtree(old)
+def package_manifest(model: xLSTMForCausalLM, fmt: str, tokenizer, tokens_per_call: int, batch: int = 1,
+                     source: dict | None = None, graphs: dict[str, GraphEntry] | None = None) -> Manifest:
+    """The manifest of a package of ``model`` for ``fmt`` (no parity, no quantization yet).
 
+    ``graphs``: the entries the exporters returned; default, the entries they will write (a meta-device
+    ``model`` will do: only its config is read), for a pipeline that lays the package out first.
+    """
+    config = model.config
+    if graphs is None:
+        from .step_module import graph_entry
 
-@contextmanager
-def _staging(out_dir: Path) -> Iterator[Path]:
-    """A hidden temporary directory beside ``out_dir``, removed unless the caller renamed it away."""
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-    mask = os.umask(0)
-    os.umask(mask)
-    tmp.chmod(0o777 & ~mask)  # mkdtemp's 0700 would stay on the finished package
-    try:
-        yield tmp
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        files = {"onnx": {"step": "step.onnx", "prefill": "prefill.onnx"},
+                 "executorch": {"step": "model.pte", "prefill": "model.pte"}}[fmt]
+        dim = BATCH if fmt == "onnx" else batch
+        graphs = {m: graph_entry(model, m, 1 if m == "step" else tokens_per_call, f, batch=dim)
+                  for m, f in files.items()}
+    return Manifest(
+        backend=FORMATS[fmt],
+        model=config.to_dict(),
+        tokenizer=TokenizerEntry(
+            file=TOKENIZER_NAME,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            vocab_size=tokenizer.vocab_size,
+        ),
+        state=StateSection(STATE_CONVENTION, state_entries(config)),
+        graphs=graphs,
+        quantization=None,
+        parity={},
+        tools=_tool_versions(fmt),
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        source=source,
+    )
 
 
 def export_package(
@@ -116,7 +117,7 @@ def export_package(
     prefill_tokens: int | None = None,
     batch: int = 1,
     parity_steps: int = DEFAULT_PARITY_STEPS,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | None = None,
     force: bool = False,
     source: dict | None = None,
     on_stage: Callable[[str], None] | None = None,
@@ -128,10 +129,12 @@ def export_package(
                     chunk size, or at most it
     batch           the fixed batch of an ExecuTorch package (ONNX graphs take any batch)
     parity_steps    fed-back steps of the parity check (at least 64 for a release package)
+    tolerance       absolute max |dlogits| to accept; None: the bound scaled to the model's own
+                    float32 error (``verify``)
     source          recorded in the manifest, e.g. {"checkpoint": "/abs/path"} (``quantize`` reads it)
     on_stage        called with each stage's name as it starts (progress display)
     Raises ``ExportError`` for bad arguments and ``ParityError`` (with the figures) when the graphs
-    disagree with the eager model beyond ``tolerance``; either way nothing is left at ``out_dir``.
+    disagree with the float64 reference beyond the bound; either way nothing is left at ``out_dir``.
     """
     t_start = time.perf_counter()
     if fmt not in FORMATS:
@@ -167,9 +170,10 @@ def export_package(
         timings[name] = round(time.perf_counter() - t0, 3)
         return value
 
-    with _staging(out_dir) as tmp:
+    with publishing(out_dir, replace=force, error=ExportError) as tmp:
         graphs: dict[str, GraphEntry]
         extra: dict[str, object] = {}
+        weights_index = None
         if fmt == "onnx":
             from .to_onnx import OnnxRunner, check_onnx, export_onnx_method, share_graph_weights
 
@@ -179,7 +183,8 @@ def export_package(
                     "prefill graph", lambda: export_onnx_method(model, "prefill", T, tmp / "prefill.onnx")
                 ),
             }
-            timed("shared weights", lambda: share_graph_weights(tmp, graphs))
+            shared = timed("shared weights", lambda: share_graph_weights(tmp, graphs, model))
+            weights_index = shared["index"]
             timed("onnx checker", lambda: [check_onnx(tmp / g.file) for g in graphs.values()])
             make_runner = lambda: OnnxRunner(tmp, graphs)  # noqa: E731
             parity_batch = PARITY_BATCH_DYNAMIC
@@ -202,30 +207,14 @@ def export_package(
             lambda: parity_check(model, make_runner(), T, parity_batch, steps=parity_steps, tolerance=tolerance),
         )
         if not report.passed:
-            raise ParityError(f"{FORMATS[fmt]} graphs disagree with the eager model: {report.summary()}")
+            raise ParityError(f"{FORMATS[fmt]} graphs disagree with the model: {report.summary()}")
 
         stage("manifest")
-        manifest = Manifest(
-            backend=FORMATS[fmt],
-            model=config.to_dict(),
-            tokenizer=TokenizerEntry(
-                file=TOKENIZER_NAME,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-                vocab_size=tokenizer.vocab_size,
-            ),
-            state=StateSection(STATE_CONVENTION, state_entries(config)),
-            graphs=graphs,
-            quantization=None,
-            parity={**report.to_dict(), **extra},
-            tools=_tool_versions(fmt),
-            created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            source=source,
-        )
+        manifest = package_manifest(model, fmt, tokenizer, T, batch, source, graphs)
+        manifest.parity = {**report.to_dict(), **extra}
+        manifest.weights = weights_index
         validate_manifest(manifest, tmp)
         write_manifest(manifest, tmp)
-        finalize(tmp, out_dir, force)
     timings["total"] = round(time.perf_counter() - t_start, 3)
     return ExportResult(out_dir, manifest, timings)
 

@@ -96,23 +96,21 @@ def export_executorch(
 
 
 class ExecuTorchRunner:
-    """Runs a package's methods with ``executorch.runtime``: ``run(method, inputs) -> outputs``.
+    """A package's .pte methods (``runtime.graphs.PteMethod``): ``run(method, inputs) -> outputs``.
 
     Inputs are read in place (``backend_config``); the outputs are fresh tensors.
     """
 
     def __init__(self, package_dir: Path, graphs: dict[str, GraphEntry]):
-        from executorch.runtime import Runtime
-        from xlstm_edge.runtime.executorch_backend import bind_pool
+        from xlstm_edge.runtime.graphs import PteMethod, open_pte_program
 
-        self._pool = bind_pool()  # the pool as it is
         files = {g.file for g in graphs.values()}
         if len(files) != 1:
             raise ValueError(f"an ExecuTorch package has one .pte, the manifest names {sorted(files)}")
+        path = package_dir / files.pop()
         with quiet_lowering():
-            self.program = Runtime.get().load_program(str(package_dir / files.pop()))
-            self.methods = {name: self.program.load_method(g.method) for name, g in graphs.items()}
+            program = open_pte_program(path)
+            self.methods = {name: PteMethod(path, g.method, None, program) for name, g in graphs.items()}
 
     def run(self, method: str, inputs: list[Tensor]) -> list[Tensor]:
-        self._pool.check(f"the exported program ({method})")
-        return list(self.methods[method].execute([t.contiguous() for t in inputs]))
+        return self.methods[method].run(inputs)

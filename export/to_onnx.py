@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +43,10 @@ def export_onnx_method(
     # norms spelled so that ONNX Runtime fuses each into one node (ExportLM)
     module = PrefillModule(model, tokens_per_call, fused_norms=True) if prefill else StepModule(model, fused_norms=True)
     args = example_inputs(model, 2, tokens_per_call, prefill)  # batch 2: a size-1 dim would be specialized
-    external = weight_bytes(model) > EXTERNAL_DATA_BYTES
+    # weights always go to a data file beside the graph, tensor by tensor (``share_graph_weights``
+    # then moves them into the package's one weights file): serializing them into the graph's own
+    # protobuf would hold the whole model in memory twice more (and meet protobuf's 2 GB limit)
+    external = True
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecated pytree calls
         program = torch.onnx.export(
@@ -60,13 +64,19 @@ def export_onnx_method(
     return graph_entry(model, method, tokens_per_call, path.name)
 
 
-def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry]) -> dict[str, int]:
-    """Move the graphs' weights into one ``weights.bin`` and name it in their entries."""
-    from .onnx_weights import DATA_NAME, share_weights
+def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry], model: nn.Module | None = None
+                        ) -> dict[str, Any]:
+    """Move the graphs' weights into one ``weights.bin`` and name it in their entries. With ``model``,
+    returns the manifest's weights index too (``onnx_weights.weights_index``, key "index")."""
+    from .onnx_weights import DATA_NAME, share_weights, weights_index
 
-    stats = share_weights([package_dir / g.file for g in graphs.values()], DATA_NAME)
+    locations: dict[bytes, dict[str, Any]] = {}
+    stats: dict[str, Any] = dict(share_weights([package_dir / g.file for g in graphs.values()], DATA_NAME,
+                                               locations))
     for g in graphs.values():
         g.data_file = DATA_NAME
+    if model is not None:
+        stats["index"] = weights_index(model, locations)
     return stats
 
 
@@ -78,21 +88,24 @@ def check_onnx(path: Path) -> None:
 
 
 class OnnxRunner:
-    """Runs a package's ONNX graphs on ONNX Runtime CPU: ``run(method, inputs) -> outputs`` (torch)."""
+    """A package's ONNX graphs (``runtime.graphs.OrtGraph``): ``run(method, inputs) -> outputs`` (torch).
 
-    def __init__(self, package_dir: Path, graphs: dict[str, GraphEntry], threads: int | None = None):
-        import onnxruntime as ort
+    Sessions open on first use. ``one_at_a_time``: opening one closes the other, so that the weights
+    are in memory once (each session holds its own copy): a caller that runs every prefill call and
+    then every step opens each session once.
+    """
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-        self.graphs = graphs
-        self.sessions = {
-            name: ort.InferenceSession(str(package_dir / g.file), opts, providers=["CPUExecutionProvider"])
-            for name, g in graphs.items()
-        }
+    def __init__(self, package_dir: Path, graphs: dict[str, GraphEntry], threads: int | None = None,
+                 one_at_a_time: bool = True):
+        self.package_dir, self.graphs, self.threads = package_dir, graphs, threads
+        self.one_at_a_time = one_at_a_time
+        self.sessions: dict[str, Any] = {}
 
     def run(self, method: str, inputs: list[Tensor]) -> list[Tensor]:
-        names = [t.name for t in self.graphs[method].inputs]
-        feeds = {n: t.contiguous().numpy() for n, t in zip(names, inputs, strict=True)}
-        return [torch.from_numpy(o) for o in self.sessions[method].run(None, feeds)]
+        from xlstm_edge.runtime.graphs import OrtGraph
+
+        if method not in self.sessions:
+            if self.one_at_a_time:
+                self.sessions.clear()
+            self.sessions[method] = OrtGraph(self.package_dir / self.graphs[method].file, self.threads)
+        return self.sessions[method].run(inputs)

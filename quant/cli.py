@@ -71,8 +71,9 @@ def quantize_with_report(package: Path, out: Path, opts: QuantizeOptions,
 @click.option("--scheme", required=True, help=f"Quantization scheme: {', '.join(SCHEMES)}.")
 @click.option("--embedding", default="fp32", show_default=True, help=f"Input embedding table: {', '.join(EMBEDDINGS)}.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="The float32 checkpoint PACKAGE was exported from (default: the one its manifest records); "
-                   "its weights are re-exported in int8.")
+              help="Read the float weights from this checkpoint (PACKAGE's own weights must be its) [default: "
+                   "PACKAGE's own weights where its manifest locates them (ONNX packages), else the checkpoint "
+                   "its manifest records].")
 @click.option("--eval-text", type=click.Path(path_type=Path),
               help="Text for perplexity / KL (default: the embedded corpus's held-out split).")
 @click.option("--calibration-text", type=click.Path(path_type=Path),

@@ -10,14 +10,14 @@ time). One .pte holds both methods. Only ``int8-dynamic`` exists here (see ``tor
 from __future__ import annotations
 
 import copy
-import importlib
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs
 from xlstm_edge.export.to_executorch import backend_config, quiet_lowering
+from xlstm_edge.runtime.graphs import PteMethod, load_quantized_kernels  # the one .pte loader
 
 from .handler import QuantizationError
 from .torchao_bridge import to_torchao
@@ -44,10 +44,6 @@ def check_state_float(program: torch.export.ExportedProgram, n_fixed_inputs: int
     return f"{len(state)} state inputs float32, none feeds a quantize op"
 
 
-def _load_quantized_kernels() -> None:
-    importlib.import_module("executorch.kernels.quantized")  # registers quantized_decomposed::* kernels
-
-
 def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: Path,
                    batch: int = 1) -> dict[str, Any]:
     """Lower ``methods`` ({method name: (graph kind "step" | "prefill", tokens_per_call)}) of the
@@ -60,7 +56,7 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    _load_quantized_kernels()
+    load_quantized_kernels()
     ao_model = to_torchao(copy.deepcopy(model))
     programs = {}
     facts: dict[str, Any] = {}
@@ -90,42 +86,23 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
     return facts
 
 
-class PteMethod:
-    """One method of a .pte: ``run(inputs) -> outputs`` (outputs are fresh tensors; inputs are read in place)."""
+def io_dtypes(runner: PteMethod) -> tuple[list[str], list[str]]:
+    """The dtype names of a method's inputs and outputs, as the program declares them."""
+    meta = runner.method.metadata
 
-    def __init__(self, path: Path, method: str, num_threads: int = 2):
-        from executorch.runtime import Runtime
-        from xlstm_edge.runtime.executorch_backend import bind_pool
+    def name(info: Any) -> str:
+        code = info.dtype()
+        code = int(code) if isinstance(code, int) else int(getattr(code, "value", -1))
+        return _ET_DTYPES.get(code, f"ScalarType {code}")
 
-        _load_quantized_kernels()
-        self._pool = bind_pool(num_threads)
-        self.path = path
-        self.program = Runtime.get().load_program(path)
-        if method not in self.program.method_names:
-            raise QuantizationError(f"{path} has no method {method!r} (has {sorted(self.program.method_names)})")
-        self.method_name = method
-        self.method = self.program.load_method(method)
-
-    def run(self, inputs: list[Tensor]) -> list[Tensor]:
-        self._pool.check(f"{self.path} ({self.method_name})")
-        return list(self.method.execute([t.contiguous() for t in inputs]))
-
-    def io_dtypes(self) -> tuple[list[str], list[str]]:
-        meta = self.method.metadata
-
-        def name(info: Any) -> str:
-            code = info.dtype()
-            code = int(code) if isinstance(code, int) else int(getattr(code, "value", -1))
-            return _ET_DTYPES.get(code, f"ScalarType {code}")
-
-        ins = [name(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
-        outs = [name(meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
-        return ins, outs
+    ins = [name(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
+    outs = [name(meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
+    return ins, outs
 
 
 def inspect_method(runner: PteMethod, n_fixed_inputs: int) -> dict[str, Any]:
     """State I/O must be float32: inputs after the first ``n_fixed_inputs``, outputs after logits."""
-    ins, outs = runner.io_dtypes()
+    ins, outs = io_dtypes(runner)
     state = ins[n_fixed_inputs:] + outs[1:]
     bad = sorted({d for d in state if d != "float32"})
     if bad:

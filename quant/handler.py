@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from xlstm_edge.model import mLSTMLayer, sLSTMLayer, xLSTMForCausalLM
+from xlstm_edge.weights import EMBEDDING, ModelWeights, WeightSource
 
 from .modules import ACT_BLOCK, Int8Embedding, Int8Linear
 from .primitives import INT4_QMAX, quantize_per_channel_symmetric, quantize_per_group_symmetric
@@ -205,34 +206,57 @@ def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def quantize_model(model: nn.Module, scheme: str, embedding: str = "fp32", *, backend: str) -> nn.Module:
-    """Swap the model's layers for quantized ones following ``plan_quantization``; returns the model.
+def load_quantized(source: WeightSource, scheme: str, embedding: str = "fp32", *, backend: str) -> nn.Module:
+    """The quantized model of ``source``'s weights, quantized as they are read (``plan_quantization``).
 
-    ``backend`` ("onnxruntime" | "executorch") picks the activation quantization the backend's graph
-    computes (see the module docstring), so the model is the eager reference of that graph.
-    In place (like gpt-fast's handler): the float weights of quantized layers are released. The
-    plan is kept on the model as ``model.quant_plan``. Eval mode, no gradients.
+    Each weight the plan quantizes is read in float32, quantized and dropped before the next is read;
+    the rest is read straight into float32. Peak memory: the quantized model plus one float32 weight,
+    never a float copy of the whole model. ``backend`` picks the activation quantization the
+    backend's graph computes (see the module docstring), so the model is the eager reference of that
+    graph. The plan is kept on the model as ``model.quant_plan``. Eval mode, no gradients.
     """
-    if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()):
-        raise QuantizationError("model is already quantized")
+    config = source.config
+    with torch.device("meta"):
+        model = xLSTMForCausalLM(config)
     plan = plan_quantization(model, scheme, embedding, backend=backend)
     sch = SCHEMES[scheme]
-    # (id(float weight), group size) -> its (q, scales): a tied head and embedding share int8 rows
-    shared: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
+    tied = config.tie_word_embeddings
+    # (stored weight, group size) -> its (q, scales): a tied head and embedding share int8 rows
+    shared: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
     for d in plan.quantized_layers:
         old = model.get_submodule(d.name)
         group = 0 if isinstance(old, nn.Embedding) else sch.group_size
-        key = (id(old.weight), group)
-        if key not in shared:
-            shared[key] = (quantize_per_group_symmetric(old.weight, group, INT4_QMAX) if group else
-                           quantize_per_channel_symmetric(old.weight, axis=0))
-        q, scales = shared[key]
+        stored = EMBEDDING if tied and d.name == "lm_head" else f"{d.name}.weight"
+        if (stored, group) not in shared:
+            weight = source.read(stored, torch.float32)
+            shared[stored, group] = (quantize_per_group_symmetric(weight, group, INT4_QMAX) if group else
+                                     quantize_per_channel_symmetric(weight, axis=0))
+            del weight
+        q, scales = shared[stored, group]
         if isinstance(old, nn.Embedding):
             new: nn.Module = Int8Embedding.from_quantized(q, scales)
         else:
-            new = Int8Linear.from_quantized(q, scales, old.bias, plan.activation, sch.bits, group)
+            bias = None if old.bias is None else source.read(f"{d.name}.bias", torch.float32)
+            new = Int8Linear.from_quantized(q, scales, bias, plan.activation, sch.bits, group)
         _set_child(model, d.name, new)
+    rest = {k: source.read(EMBEDDING if tied and k == "lm_head.weight" else k, torch.float32)
+            for k, v in model.state_dict().items() if v.is_meta}
+    model.load_state_dict(rest, strict=False, assign=True)
+    if tied and isinstance(model.lm_head, nn.Linear) and isinstance(model.backbone.embeddings, nn.Embedding):
+        model.lm_head.weight = model.backbone.embeddings.weight
+    left = [k for k, v in model.state_dict().items() if v.is_meta]
+    if left:
+        raise QuantizationError(f"{len(left)} tensor(s) were never read: {', '.join(left[:3])}")
     model.eval()
     model.requires_grad_(False)
     model.quant_plan = plan
     return model
+
+
+@torch.no_grad()
+def quantize_model(model: nn.Module, scheme: str, embedding: str = "fp32", *, backend: str) -> nn.Module:
+    """The quantized model of ``model``'s weights (``load_quantized`` reading them from memory); a new
+    model: ``model`` itself is left as it is."""
+    if any(isinstance(m, (Int8Linear, Int8Embedding)) for m in model.modules()):
+        raise QuantizationError("model is already quantized")
+    return load_quantized(ModelWeights(model), scheme, embedding, backend=backend)

@@ -14,9 +14,10 @@ from typing import Any
 
 import onnxscript.optimizer
 import torch
-from torch import Tensor, nn
+from torch import nn
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs, input_names, output_names
 from xlstm_edge.export.to_onnx import EXTERNAL_DATA_BYTES, weight_bytes
+from xlstm_edge.runtime.graphs import OrtGraph  # noqa: F401  (the one ONNX graph runner)
 
 from .handler import QuantizationError
 from .onnx_ops import PLACEHOLDER_DOMAIN, translation_table
@@ -162,25 +163,6 @@ def lower_linear_blocks(model) -> int:
         if f.domain == PLACEHOLDER_DOMAIN:
             model.functions.remove(f)
     return count
-
-
-class OrtGraph:
-    """One .onnx graph in an ``InferenceSession``: ``run(inputs) -> outputs`` in the contract's order."""
-
-    def __init__(self, path: Path, num_threads: int = 2):
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = num_threads
-        opts.inter_op_num_threads = 1
-        self.path = path
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def run(self, inputs: list[Tensor]) -> list[Tensor]:
-        feeds = {name: t.contiguous().numpy() for name, t in zip(self.input_names, inputs, strict=True)}
-        return [torch.from_numpy(a) for a in self.session.run(self.output_names, feeds)]
 
 
 def inspect_graph(path: Path) -> dict[str, Any]:

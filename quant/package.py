@@ -1,31 +1,36 @@
-"""Quantize an exported float32 package into a new int8 package, checked and measured before it is written.
+"""Quantization as a stage of the pipeline: float weights in, a checked, measured quantized package out.
 
-    quantize_package(Path("pkg"), Path("pkg-int8"), QuantizeOptions(scheme="int8-dynamic", checkpoint=...))
+    quantize_package(Path("pkg"), Path("pkg-int8"), QuantizeOptions(scheme="int8-dynamic"))   # a float package
+    quantize_checkpoint(Path("ckpt"), Path("pkg-int8"), "onnx", opts, tokenizer=tok)         # export --quantize
 
-1. read the package's manifest; refuse one already quantized, an unknown scheme, a scheme its backend lacks
-2. load the float32 weights (``--checkpoint``, else the checkpoint the manifest's ``source`` records)
-   and check that they are the package's: same hash (when recorded), same config, and the package's
-   own step graph reproduces them
-3. ``quantize_model`` (the eager reference), export the same graphs (file names, methods, prefill
-   length and I/O from the float32 manifest) in int8
-4. inspect every graph (state I/O float32); the tight parity check (same quantization as eager int8,
+Both end in ``quantize_source(WeightSource, manifest layout, out, opts)``:
+1. (``quantize_package``) read the package's manifest; refuse one already quantized, an unknown scheme, a
+   scheme its backend lacks; take the float weights from the package itself when its manifest locates
+   them (ONNX packages: ``export.onnx_weights.PackageWeights``), else from ``--checkpoint`` or the
+   checkpoint the manifest records (same hash, same config); either way the package's own step graph
+   must reproduce them (``check_source``, against the streamed float32 model)
+2. ``handler.load_quantized``: each weight quantized as it is read, never a float copy of the whole
+   model; export the graphs the manifest lays out (file names, methods, prefill length, batch)
+3. inspect every graph (state I/O float32); the tight parity check (same quantization as eager int8,
    median call to float32 noise) on these graphs, or for a model deeper than
    ``probe.PROBE_ABOVE_BLOCKS`` on graphs exported the same way from its probe (first block of each
-   kind: see ``probe`` for why); the package's own graphs against eager int8 within a bound that
-   lets rounding flips through (``verify.TIGHT_MAX_REL_ERR``) and against float32 (reported); measure
-   quality (``quality``) and sizes
-5. write the manifest (``quantization`` = scheme, plan summary, quality report, gate) and move the
-   package into place, or leave nothing if the quality gate is missed without ``allow_quality_loss``
+   kind, read from the same source: see ``probe`` for why); the package's own graphs against eager
+   int8 within a bound that lets rounding flips through (``verify.TIGHT_MAX_REL_ERR``); quality
+   (``quality``: the float32 side streamed one block at a time) and sizes
+4. write the manifest (``quantization`` = scheme, plan summary, quality report, gate) and move the
+   package into place (``xlstm_edge.publish``), or leave nothing if the quality gate is missed without
+   ``allow_quality_loss``
+Each stage's log line carries the resident peak of the stage before it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
+import math
 import shutil
-import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,9 +41,12 @@ from torch import nn
 from xlstm_edge.export import metadata as md
 
 from xlstm_edge.config import xLSTMConfig
+from xlstm_edge.publish import move_into_place, plain_modes, remove_stale, staging_dir
+from xlstm_edge.state import state_spec
+from xlstm_edge.weights import CheckpointWeights, WeightSource
 
-from .handler import SCHEMES, QuantizationError, check_scheme, quantize_model
-from .probe import describe, grid_tie_hint, needs_probe, probe_blocks, probe_model
+from .handler import SCHEMES, QuantizationError, check_scheme, load_quantized
+from .probe import ProbeWeights, describe, grid_tie_hint, needs_probe, probe_blocks
 from .quality import EvalTextError, compare_eval, eval_ids, greedy_compare, zero_state
 from .verify import (
     TIGHT_MAX_REL_ERR,
@@ -139,20 +147,17 @@ def resolve_checkpoint(package: Path, manifest: md.Manifest, checkpoint: Path | 
     return path
 
 
-def load_source_model(checkpoint: Path, manifest: md.Manifest) -> nn.Module:
-    """The float32 model of ``checkpoint``; its config must equal the package's."""
-    from xlstm_edge.checkpoint import load_checkpoint
-
-    model = load_checkpoint(checkpoint)
+def checkpoint_source(checkpoint: Path, manifest: md.Manifest) -> CheckpointWeights:
+    """``checkpoint``'s weights, read tensor by tensor; its config must equal the package's."""
+    source = CheckpointWeights(checkpoint)
     want = xLSTMConfig.from_dict(manifest.model).to_dict()
-    got = model.config.to_dict()
+    got = source.config.to_dict()
     diff = sorted(k for k in want if want[k] != got.get(k))
     if diff:
         k = diff[0]
         raise QuantizationError(f"checkpoint {checkpoint} does not match the package: {k} is {got.get(k)!r}, "
                                 f"the package's model has {want[k]!r}")
-    model.eval().requires_grad_(False)
-    return model
+    return source
 
 
 def static_batch(manifest: md.Manifest) -> int | None:
@@ -165,27 +170,45 @@ def _runner(package: Path, manifest: md.Manifest, key: str, num_threads: int):
     entry = manifest.graph(key)
     path = package / entry.file
     if manifest.backend == "onnxruntime":
-        from .onnx_backend import OrtGraph
+        from xlstm_edge.runtime.graphs import OrtGraph
 
         return OrtGraph(path, num_threads)
-    from .executorch_backend import PteMethod
+    from xlstm_edge.runtime.graphs import PteMethod
 
     return PteMethod(path, entry.method, num_threads)
 
 
-def check_source(package: Path, manifest: md.Manifest, model: nn.Module, num_threads: int, tokens: int = 8) -> float:
-    """The float32 package's step graph vs the eager model over ``tokens`` steps; raises if they differ."""
-    ids = torch.randint(0, model.config.vocab_size, (static_batch(manifest) or 1, tokens))
-    parity = step_parity(_runner(package, manifest, "step", num_threads), {"fp32": EagerGraph(model, "step")},
-                         ids, zero_state(model))["fp32"]
-    worst = max(parity.logits_rel_err, parity.state_rel_err)
+def check_source(package: Path, manifest: md.Manifest, source: WeightSource, num_threads: int,
+                 tokens: int = 8, what: str = "the checkpoint's weights") -> float:
+    """The float32 package's step graph over ``tokens`` steps vs the source's float32 model over the same
+    tokens (one streamed pass); raises if they differ. Returns the worst relative error."""
+    from xlstm_edge.streamed import streamed_forward
+
+    c = source.config
+    ids = torch.randint(0, c.vocab_size, (1, tokens))
+    batch = static_batch(manifest) or 1
+    runner = _runner(package, manifest, "step", num_threads)
+    state = [torch.zeros(batch, *s.shape) for s in state_spec(c)]
+    logits = []
+    for t in range(tokens):
+        out = runner.run([ids[:, t : t + 1].expand(batch, 1).contiguous(), *state])
+        logits.append(out[0][0])
+        state = out[1:]
+    ref, ref_state = streamed_forward(source, ids, dtype=torch.float32)
+    errs = [_rel(torch.stack(logits), ref), *(_rel(a[0], b[0]) for a, b in zip(state, ref_state, strict=True))]
+    worst = max(errs)
     if not worst <= SOURCE_CHECK_REL_ERR:
-        raise QuantizationError(f"the checkpoint's weights are not the package's: its step graph differs from "
-                                f"the checkpoint's model by {worst:.2e} (relative)")
+        raise QuantizationError(f"{what} are not the package's: its step graph differs from the model they "
+                                f"make by {worst:.2e} (relative)")
     return worst
 
 
-def check_tight(graph_dir: Path, manifest: md.Manifest, fp32: nn.Module, int8: nn.Module, prompt: torch.Tensor,
+def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def check_tight(graph_dir: Path, manifest: md.Manifest, int8: nn.Module, prompt: torch.Tensor,
                 num_threads: int, what: str) -> dict[str, Any]:
     """The tight check (``verify.require_tight``) of the graphs in ``graph_dir`` (exported from ``int8``)
     against eager ``int8``: prefill calls with 1-2 valid tokens from random states, then steps over
@@ -194,13 +217,13 @@ def check_tight(graph_dir: Path, manifest: md.Manifest, fp32: nn.Module, int8: n
     T, batch = manifest.graphs["prefill"].tokens_per_call, static_batch(manifest) or 2
     g = torch.Generator().manual_seed(0)
     runner = _runner(graph_dir, manifest, "prefill", num_threads)
-    short = prefill_parity(runner, {"int8": EagerGraph(int8, "prefill", T)}, fp32, T, batch, valid_lengths=[1, 2],
+    short = prefill_parity(runner, {"int8": EagerGraph(int8, "prefill", T)}, int8, T, batch, valid_lengths=[1, 2],
                            calls=PREFILL_SHORT_CALLS, generator=g)["int8"]
     require_tight(short, f"the {manifest.backend} prefill graph ({what}, 1-2 valid tokens)")
     step_batch = static_batch(manifest) or 1
     ids = prompt[:TIGHT_STEP_TOKENS].view(1, -1).expand(step_batch, -1).contiguous()
     step = step_parity(_runner(graph_dir, manifest, "step", num_threads), {"int8": EagerGraph(int8, "step")}, ids,
-                       zero_state(fp32, step_batch))["int8"]
+                       zero_state(int8, step_batch))["int8"]
     require_tight(step, f"the {manifest.backend} step graph ({what})")
     return {"prefill_short_vs_eager_int8": short.to_dict(), "step_vs_eager_int8": step.to_dict()}
 
@@ -274,88 +297,183 @@ def _explained(hint: str | None):
 
 
 def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print) -> QuantizeResult:
-    """Build, check and measure the int8 package; see the module docstring. Raises ``QuantizationError``
-    (one line) on bad input or a failed parity check, ``QualityGateError`` when the gate is missed."""
+    """Quantize the float package ``package`` into ``out``; see the module docstring. Raises
+    ``QuantizationError`` (one line) on bad input or a failed parity check; a missed quality gate
+    returns a result with ``out`` None (nothing written) unless ``opts.allow_quality_loss``."""
     package, out = Path(package), Path(out)
     t0 = time.perf_counter()
+    manifest = _check_inputs(package, out, opts)
+    torch.set_num_threads(opts.num_threads)
+    provenance = {"source_package": str(package)}
+    if opts.checkpoint is None and own_weights_readable(manifest):
+        from xlstm_edge.export.onnx_weights import PackageWeights
+
+        log(f"[{time.perf_counter() - t0:5.0f} s] reading the weights of {package} ...")
+        source: WeightSource = PackageWeights(package, manifest)
+        what = "its own weights"
+    else:
+        checkpoint = resolve_checkpoint(package, manifest, opts.checkpoint)
+        log(f"[{time.perf_counter() - t0:5.0f} s] reading {checkpoint} and checking it against {package} ...")
+        source = checkpoint_source(checkpoint, manifest)
+        provenance["source_checkpoint"] = str(checkpoint.resolve())
+        what = "the checkpoint's weights"
+    source_err = check_source(package, manifest, source, opts.num_threads, what=what)
+    return quantize_source(
+        source, manifest, out, opts,
+        write_files=lambda tmp: copy_other_files(package, manifest, tmp),
+        fp32_bytes=("float32 package", _dir_bytes(package)), provenance=provenance,
+        extra_parity={"source_check_rel_err": source_err}, log=log, t0=t0,
+    )
+
+
+def own_weights_readable(manifest: md.Manifest) -> bool:
+    """Whether the package's manifest locates every float weight in its own files (ONNX packages
+    exported with a weights index): then ``quantize`` reads them there and needs no checkpoint."""
+    index = manifest.weights or {}
+    return manifest.backend == "onnxruntime" and bool(index.get("tensors")) and not index.get("missing")
+
+
+def quantize_checkpoint(checkpoint: Path, out: Path, fmt: str, opts: QuantizeOptions, *, tokenizer,
+                        prefill_tokens: int | None = None, batch: int = 1, log=print) -> QuantizeResult:
+    """``export CKPT OUT --quantize``: the checkpoint's weights straight into a quantized package at ``out``,
+    quantized as they are read; no float package is written, no float model is held whole."""
+    from xlstm_edge.export.package import FORMATS, package_manifest
+    from xlstm_edge.export.step_module import prefill_chunk_size
+
+    from xlstm_edge.checkpoint import weights_sha256
+    from xlstm_edge.model import xLSTMForCausalLM
+
+    t0 = time.perf_counter()
+    check_scheme(opts.scheme, opts.embedding)
+    backend = FORMATS[fmt]
+    if opts.scheme not in BACKEND_SCHEMES[backend]:
+        raise QuantizationError(f"scheme {opts.scheme} is not available for backend {backend} (available: "
+                                f"{', '.join(BACKEND_SCHEMES[backend])}): {UNAVAILABLE[backend]}")
+    source = CheckpointWeights(checkpoint)
+    with torch.device("meta"):
+        layout = xLSTMForCausalLM(source.config)
+    T = source.config.chunk_size if prefill_tokens is None else prefill_tokens
+    try:
+        prefill_chunk_size(layout, T)
+    except ValueError as e:
+        raise QuantizationError(str(e)) from None
+    if tokenizer.vocab_size > source.config.vocab_size:
+        raise QuantizationError(f"tokenizer has {tokenizer.vocab_size} ids, the model only {source.config.vocab_size}")
+    recorded = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256(checkpoint)}
+    manifest = package_manifest(layout, fmt, tokenizer, T, batch, recorded)
+    return quantize_source(source, manifest, out, opts, write_files=tokenizer.save,
+                           fp32_bytes=("float32 weights", float_bytes(source)),
+                           provenance={"source_checkpoint": recorded["checkpoint"]}, log=log, t0=t0)
+
+
+def float_bytes(source: WeightSource) -> int:
+    """Bytes of the source's weights in float32 (what a float32 package would hold)."""
+    from xlstm_edge.checkpoint import expected_shapes
+
+    shapes = expected_shapes(source.config)
+    n = sum(math.prod(shape) for name, shape in shapes.items() if name in set(source.names()))
+    return 4 * n
+
+
+def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts: QuantizeOptions, *,
+                    write_files: Callable[[Path], Any], fp32_bytes: tuple[str, int], provenance: dict[str, str],
+                    extra_parity: dict[str, Any] | None = None, log=print, t0: float | None = None) -> QuantizeResult:
+    """The pipeline's quantization stage: ``source``'s weights, quantized as they are read, into the
+    graphs ``manifest`` lays out (backend, files, methods, prefill length, batch), checked and
+    measured, published at ``out``.
+
+    ``manifest`` is the float package's (``quantize PACKAGE``) or one laid out for a checkpoint
+    (``export --quantize``: no float package is ever written); its ``parity`` (the float export's) is
+    carried over. ``write_files(tmp)`` puts the tokenizer (and its companions) into the package.
+    The float32 model is never held whole: quality and greedy agreement stream it block by block.
+    """
+    from xlstm_edge.memory import PeakSampler
+
+    out = Path(out)
+    t0 = time.perf_counter() if t0 is None else t0
+    sampler = PeakSampler()
 
     def log_t(msg: str) -> None:
-        log(f"[{time.perf_counter() - t0:5.0f} s] {msg}")
+        """``[elapsed] stage ...`` with the resident peak of the stage before (sampled)."""
+        peak = sampler.restart()
+        before = f" (previous stage: peak RSS {peak / 2**30:.2f} GiB)" if peak else ""
+        log(f"[{time.perf_counter() - t0:5.0f} s] {msg}{before}")
 
-    manifest = _check_inputs(package, out, opts)
-    checkpoint = resolve_checkpoint(package, manifest, opts.checkpoint)
     torch.set_num_threads(opts.num_threads)
     from xlstm_edge.tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(package / manifest.tokenizer.file)
-    ids, eval_source = eval_ids(tokenizer, opts.eval_text, opts.eval_tokens)
-    if opts.calibration_text is not None:
-        prompt, _ = eval_ids(tokenizer, opts.calibration_text, PROMPT_TOKENS)
-    else:
-        prompt = ids[:PROMPT_TOKENS]
-
-    log_t(f"loading {checkpoint} and checking it against {package} ...")
-    model = load_source_model(checkpoint, manifest)
-    source_err = check_source(package, manifest, model, opts.num_threads)
-    qmodel = quantize_model(copy.deepcopy(model), opts.scheme, opts.embedding, backend=manifest.backend)
-    tie_hint = grid_tie_hint(model, opts.embedding, qmodel.quant_plan.activation)
-
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    remove_stale(out)
+    tmp = staging_dir(out)
     try:
+        write_files(tmp)
+        tokenizer = load_tokenizer(tmp / manifest.tokenizer.file)
+        ids, eval_source = eval_ids(tokenizer, opts.eval_text, opts.eval_tokens)
+        if opts.calibration_text is not None:
+            prompt, _ = eval_ids(tokenizer, opts.calibration_text, PROMPT_TOKENS)
+        else:
+            prompt = ids[:PROMPT_TOKENS]
+
+        log_t(f"reading and quantizing the weights ({opts.scheme}, embedding {opts.embedding}) ...")
+        qmodel = load_quantized(source, opts.scheme, opts.embedding, backend=manifest.backend)
+        tie_hint = grid_tie_hint(qmodel, opts.embedding, qmodel.quant_plan.activation)
+
         log_t(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
         graph_facts, graphs = write_graphs(qmodel, manifest, tmp)
-        copy_other_files(package, manifest, tmp)
 
-        if needs_probe(model.config):
-            log_t(f"tight parity check on a probe of the model ({describe(model)}): exporting it ...")
-            probe = probe_model(model)
-            qprobe = quantize_model(copy.deepcopy(probe), opts.scheme, opts.embedding, backend=manifest.backend)
-            probe_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}.probe.", dir=out.parent))
+        config = source.config
+        if needs_probe(config):
+            log_t(f"tight parity check on a probe of the model ({describe(config)}): exporting it ...")
+            qprobe = load_quantized(ProbeWeights(source), opts.scheme, opts.embedding, backend=manifest.backend)
+            probe_dir = staging_dir(out, "probe")
             try:
                 write_graphs(qprobe, manifest, probe_dir)
                 with _explained(tie_hint):
-                    tight = check_tight(probe_dir, manifest, probe, qprobe, prompt, opts.num_threads, "probe")
+                    tight = check_tight(probe_dir, manifest, qprobe, prompt, opts.num_threads, "probe")
             finally:
                 shutil.rmtree(probe_dir, ignore_errors=True)
-            tight_on = {"graphs": "probe", "blocks": probe_blocks(model.config)}
+            del qprobe
+            tight_on = {"graphs": "probe", "blocks": probe_blocks(config)}
         else:
             log_t("tight parity check of the graphs against eager PyTorch int8 ...")
             with _explained(tie_hint):
-                tight = check_tight(tmp, manifest, model, qmodel, prompt, opts.num_threads, "package")
-            tight_on = {"graphs": "package", "blocks": list(range(model.config.num_hidden_layers))}
+                tight = check_tight(tmp, manifest, qmodel, prompt, opts.num_threads, "package")
+            tight_on = {"graphs": "package", "blocks": list(range(config.num_hidden_layers))}
 
-        log_t("checking the package's graphs against eager PyTorch (int8 and float32) ...")
+        log_t("checking the package's prefill graph against eager PyTorch int8 ...")
         parity: dict[str, Any] = {"tight": {**tight_on, **tight}}
         prefill = manifest.graphs["prefill"]
         T, batch = prefill.tokens_per_call, static_batch(manifest) or 2
         runner = _runner(tmp, manifest, "prefill", opts.num_threads)
-        refs = {"int8": EagerGraph(qmodel, "prefill", T), "fp32": EagerGraph(model, "prefill", T)}
-        full = prefill_parity(runner, refs, model, T, batch, generator=torch.Generator().manual_seed(1))
+        full = prefill_parity(runner, {"int8": EagerGraph(qmodel, "prefill", T)}, qmodel, T, batch,
+                              generator=torch.Generator().manual_seed(1))
+        del runner
         require_within(full["int8"], TIGHT_MAX_REL_ERR, f"the {manifest.backend} prefill graph ({T} tokens)")
         parity["prefill_vs_eager_int8"] = full["int8"].to_dict()
-        parity["prefill_vs_fp32"] = full["fp32"].to_dict()
 
-        log_t(f"greedy agreement over {opts.greedy_tokens} tokens (graph) ...")
-        greedy = greedy_compare(_runner(tmp, manifest, "step", opts.num_threads), model, qmodel, prompt,
-                                opts.greedy_tokens, batch=static_batch(manifest) or 1)
+        log_t(f"greedy agreement over {opts.greedy_tokens} tokens (graph; float32 streamed) ...")
+        greedy = greedy_compare(_runner(tmp, manifest, "step", opts.num_threads), source, qmodel, prompt,
+                                opts.greedy_tokens, batch=static_batch(manifest) or 1,
+                                eager_steps=PROMPT_TOKENS + TIGHT_STEP_TOKENS if needs_probe(config) else None)
         require_within(Parity(**greedy.parity_vs_eager_int8), TIGHT_MAX_REL_ERR,
                        f"the {manifest.backend} step graph (greedy, reading the eager int8 state)")
         parity["step_vs_eager_int8"] = greedy.parity_vs_eager_int8
         parity["step_drift_vs_fp32"] = greedy.drift_vs_fp32
-        parity["source_check_rel_err"] = source_err
+        parity.update(extra_parity or {})
 
-        log_t(f"perplexity and KL over {ids.numel()} held-out tokens ...")
-        ev = compare_eval(model, qmodel, ids)
-        size_fp32, size_int8 = _dir_bytes(package), _dir_bytes(tmp)
+        log_t(f"perplexity and KL over {ids.numel()} held-out tokens (float32 streamed) ...")
+        ev = compare_eval(source, qmodel, ids)
+        fp32_what, size_fp32 = fp32_bytes
+        size_int8 = _dir_bytes(tmp)
         max_ppl, min_greedy = opts.gate()
         passed = ev.ppl_increase <= max_ppl and greedy.agreement >= min_greedy
         report = {
             "eval": {"source": eval_source, **asdict(ev), "measured_on": "eager int8 reference (graph parity above)"},
             "greedy": {"prompt_tokens": greedy.prompt_tokens, "generated_tokens": greedy.generated_tokens,
                        "agreement": greedy.agreement, "agreement_eager_int8": greedy.agreement_eager_int8,
-                       "measured_on": f"{manifest.backend} step graph, teacher-forced on float32's greedy tokens"},
-            "size": {"fp32_bytes": size_fp32, "quantized_bytes": size_int8, "ratio": size_int8 / size_fp32},
+                       "measured_on": f"{manifest.backend} step graph's greedy tokens, float32 teacher-forced"},
+            "size": {"fp32_bytes": size_fp32, "fp32_measured_on": fp32_what, "quantized_bytes": size_int8,
+                     "ratio": size_int8 / size_fp32},
             "gate": {"max_ppl_increase": max_ppl, "min_greedy_agreement": min_greedy,
                      "passed": passed, "allowed_loss": bool(opts.allow_quality_loss and not passed)},
         }
@@ -363,13 +481,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
             shutil.rmtree(tmp, ignore_errors=True)
             return QuantizeResult(None, report, False)
 
-        quantization = {
-            **qmodel.quant_plan.summary(),
-            "source_package": str(package),
-            "source_checkpoint": str(checkpoint.resolve()),
-            "graphs": graph_facts,
-            "quality": report,
-        }
+        quantization = {**qmodel.quant_plan.summary(), **provenance, "graphs": graph_facts, "quality": report}
         new = md.Manifest(
             backend=manifest.backend, model=manifest.model, tokenizer=manifest.tokenizer, state=manifest.state,
             graphs=graphs, quantization=quantization,
@@ -381,9 +493,13 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
         md.write_manifest(new, tmp)
         md.read_manifest(tmp)  # the package as the runtime will see it
         if out.exists():
-            out.rmdir()  # empty (checked above)
-        tmp.rename(out)
+            out.rmdir()  # empty (checked by the caller)
+        plain_modes(tmp)
+        move_into_place(tmp, out, False, QuantizationError)
+        log_t("done")
         return QuantizeResult(out, report, passed)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        sampler.stop()

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from torch import nn
 
+from xlstm_edge.config import xLSTMConfig
 from xlstm_edge.model import xLSTMForCausalLM
+from xlstm_edge.weights import ModelWeights, WeightSource, build_model
 
 PROBE_ABOVE_BLOCKS = 3  # models with more blocks get the tight check on their probe; others on themselves
 
@@ -38,32 +39,58 @@ def needs_probe(config) -> bool:
     return config.num_hidden_layers > PROBE_ABOVE_BLOCKS
 
 
+def probe_config(config: xLSTMConfig) -> xLSTMConfig:
+    """The probe's config: ``probe_blocks`` only, renumbered."""
+    keep = probe_blocks(config)
+    kinds = config.block_types()
+    return dataclasses.replace(config, num_hidden_layers=len(keep),
+                               slstm_at=[j for j, i in enumerate(keep) if kinds[i] == "s"])
+
+
+class ProbeWeights:
+    """The probe's weights as a ``WeightSource`` over the whole model's (blocks renumbered): the
+    embedding, output norm, LM head and the ``probe_blocks``; nothing else is ever read."""
+
+    def __init__(self, source: WeightSource):
+        self.source = source
+        self.config = probe_config(source.config)
+        self._block = {j: i for j, i in enumerate(probe_blocks(source.config))}
+
+    def _name(self, name: str) -> str:
+        if not name.startswith("backbone.blocks."):
+            return name
+        j, _, rest = name[len("backbone.blocks."):].partition(".")
+        return f"backbone.blocks.{self._block[int(j)]}.{rest}"
+
+    def names(self) -> list[str]:
+        back = {i: j for j, i in self._block.items()}
+        out = []
+        for name in self.source.names():
+            if name.startswith("backbone.blocks."):
+                i, _, rest = name[len("backbone.blocks."):].partition(".")
+                if int(i) not in back:
+                    continue
+                name = f"backbone.blocks.{back[int(i)]}.{rest}"
+            out.append(name)
+        return out
+
+    def read(self, name: str, dtype: torch.dtype, rows: tuple[int, int] | None = None) -> torch.Tensor:
+        return self.source.read(self._name(name), dtype, rows)
+
+    def describe(self) -> str:
+        return f"the probe of {self.source.describe()}"
+
+
 @torch.no_grad()
 def probe_model(model: xLSTMForCausalLM) -> xLSTMForCausalLM:
     """A float32 copy of ``model`` with only the ``probe_blocks`` (their weights, in order), the
     embedding, output norm and LM head; eval mode, no gradients."""
-    c = model.config
-    keep = probe_blocks(c)
-    kinds = c.block_types()
-    config = dataclasses.replace(c, num_hidden_layers=len(keep),
-                                 slstm_at=[j for j, i in enumerate(keep) if kinds[i] == "s"])
-    probe = xLSTMForCausalLM(config)
-    renamed = {f"backbone.blocks.{i}.": f"backbone.blocks.{j}." for j, i in enumerate(keep)}
-    state = {}
-    for key, value in model.state_dict().items():
-        if key.startswith("backbone.blocks."):
-            prefix = ".".join(key.split(".")[:3]) + "."
-            if prefix not in renamed:
-                continue
-            key = renamed[prefix] + key[len(prefix):]
-        state[key] = value
-    probe.load_state_dict(state, strict=True)
-    return probe.eval().requires_grad_(False)
+    return build_model(ProbeWeights(ModelWeights(model))).requires_grad_(False)
 
 
-def describe(model: nn.Module) -> str:
-    kinds = model.config.block_types()
-    return ", ".join(f"block {i} ({'mLSTM' if kinds[i] == 'm' else 'sLSTM'})" for i in probe_blocks(model.config))
+def describe(config: xLSTMConfig) -> str:
+    kinds = config.block_types()
+    return ", ".join(f"block {i} ({'mLSTM' if kinds[i] == 'm' else 'sLSTM'})" for i in probe_blocks(config))
 
 
 def grid_tie_hint(model: xLSTMForCausalLM, embedding: str, activation: str) -> str | None:

@@ -11,8 +11,6 @@ before a resize must not run after it (``bind_pool``): one thread count for pref
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -26,7 +24,8 @@ import torch
 from torch import Tensor
 
 from .backend import SingleBufferBackend, require_module
-from .errors import GenerationArgumentError, PackageError, StaleProgramError
+from .errors import GenerationArgumentError, StaleProgramError
+from .graphs import load_pte_method, open_pte_program
 from .package_checks import check_graph_io, manifest_config_and_layout
 
 _POOL: dict[str, int] = {"threads": 0, "generation": 0}  # ExecuTorch's threadpool as this module last sized it
@@ -128,16 +127,11 @@ class ExecuTorchBackend(SingleBufferBackend):
             self._start(package_dir, manifest, num_threads)
 
     def _start(self, package_dir: Path, manifest: Any, num_threads: int) -> None:
-        from executorch.runtime import Runtime
-
-        if manifest.quantization and importlib.util.find_spec("executorch.kernels.quantized") is not None:
-            importlib.import_module("executorch.kernels.quantized")  # registers the quantized kernels
         self.manifest = manifest
         self.source = str(package_dir)
         self.num_threads = num_threads
         self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
         self._pool = bind_pool(num_threads)
-        runtime = Runtime.get()
         programs: dict[str, Any] = {}
         self._methods: dict[str, Any] = {}
         self._max_batch: dict[str, int] = {}  # rows one call takes (upper bound, or the static batch)
@@ -145,15 +139,9 @@ class ExecuTorchBackend(SingleBufferBackend):
         for method in ("step", "prefill"):
             entry = manifest.graph(method)
             path = package_dir / entry.file
-            try:
-                if entry.file not in programs:
-                    programs[entry.file] = runtime.load_program(path)
-                program = programs[entry.file]
-                if entry.method not in program.method_names:
-                    raise PackageError(f"{path} has no method {entry.method!r} (has {sorted(program.method_names)})")
-                loaded = program.load_method(entry.method)
-            except RuntimeError as e:  # the runtime's load errors ("Failed to load program, error: 0x..")
-                raise PackageError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+            if entry.file not in programs:
+                programs[entry.file] = open_pte_program(path)
+            loaded = load_pte_method(programs[entry.file], path, entry.method)
             meta = loaded.metadata
             got_in = [self._io(meta.input_tensor_meta(i), entry.inputs, i) for i in range(meta.num_inputs())]
             got_out = [self._io(meta.output_tensor_meta(i), entry.outputs, i) for i in range(meta.num_outputs())]

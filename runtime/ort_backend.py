@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .backend import Backend, require_module
 from .errors import GenerationArgumentError, PackageError
+from .graphs import open_ort_session, ort_session_options
 from .package_checks import check_graph_io, manifest_config_and_layout
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
@@ -35,33 +36,21 @@ class OrtBackend(Backend):
         self.num_threads = num_threads
         self.decode_threads = num_threads if decode_threads is None else decode_threads
         self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
-        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-
-        load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
-                       ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented,
-                       ort_errors.RuntimeException)
         def options(threads: int) -> Any:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
             # pool threads keep ONNX Runtime's default spin-wait, even when they fill every core: with
             # the session's own torch work kept on one thread (host_threads), spinning is the faster
             # choice. Small preset, 2 threads, 2-core VM, 2026-11-23, tok/s, spinning vs not: int8
             # 138-142 vs 118-125, fp32 48-51 vs 45-46 (it was the other way round while torch's
             # OpenMP workers spun beside it)
-            return opts
+            return ort_session_options(threads)
 
         self._ort = ort
         self._sessions: dict[str, Any] = {}
         for method in ("step", "prefill"):
             entry = manifest.graph(method)
             path = package_dir / entry.file
-            try:
-                threads = self.decode_threads if method == "step" else num_threads
-                sess = ort.InferenceSession(str(path), options(threads), providers=["CPUExecutionProvider"])
-            except load_errors as e:
-                raise PackageError(f"cannot load {path}: {str(e).splitlines()[0]}") from None
+            threads = self.decode_threads if method == "step" else num_threads
+            sess = open_ort_session(path, options=options(threads))
             got_in = [(i.name, i.shape, i.type) for i in sess.get_inputs()]
             got_out = [(o.name, o.shape, o.type) for o in sess.get_outputs()]
             check_graph_io(path, entry, got_in, got_out, _ORT_TYPES, ordered=False)

@@ -360,3 +360,27 @@ def test_expected_shapes_match_the_model(preset: str, extra: dict) -> None:
     if config.tie_word_embeddings:
         shapes.remove(("lm_head.weight", (config.vocab_size, config.hidden_size)))
     assert list(expected_shapes(config).items()) == shapes
+
+
+def test_random_checkpoint_is_written_block_by_block_in_shards(tmp_path: Path) -> None:
+    """``write_random_checkpoint``: bfloat16 shards with an index, loadable, every tensor read in float32 the
+    stored bfloat16 value; no block sits at an all-zero or NaN value (the init scheme ran)."""
+    import json
+
+    from xlstm_edge.checkpoint import write_random_checkpoint
+    from xlstm_edge.config import xLSTMConfig
+    from xlstm_edge.weights import CheckpointWeights
+
+    config = xLSTMConfig.from_preset("tiny-ms")
+    out = write_random_checkpoint(config, tmp_path / "ck", dtype=torch.bfloat16, seed=3, max_shard_bytes=20_000)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 2
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+    model = load_checkpoint(out)
+    source = CheckpointWeights(out)
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all(), name
+        assert torch.equal(source.read(name, torch.bfloat16).float(), p), name
+    assert float(model.backbone.blocks[0].mlstm_layer.q.weight.std()) > 0
+    again = write_random_checkpoint(config, tmp_path / "ck2", dtype=torch.bfloat16, seed=3, max_shard_bytes=20_000)
+    assert torch.equal(load_checkpoint(again).lm_head.weight, model.lm_head.weight)  # the seed decides

@@ -13,8 +13,9 @@ Tensor names (auto-detected, per tensor):
                         ``ffn.proj_up_gate_z.{weight,bias}`` rows gate|up (ffn_dim each).
 
 Every problem raises ``CheckpointError`` (a ``ValueError``) with one line that names it. Loading is cheap:
-safetensors files are opened lazily (mmap), the model is built on the meta device and the loaded tensors are
-assigned to it (``load_state_dict(assign=True)``), so no weight is allocated twice and none is initialized
+safetensors files are opened lazily (mmap) and read tensor by tensor into the asked dtype
+(``weights.CheckpointWeights``), the model is built on the meta device and the loaded tensors are
+assigned to it (``weights.build_model``), so no weight is allocated twice and none is initialized
 (the first meta-device model in a process costs a one-time ~2-4 s: torch imports torch._dynamo for it).
 ``checkpoint_info`` reads headers only and works out the expected shapes from the config (milliseconds).
 """
@@ -24,8 +25,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .config import xLSTMConfig
 from .model import xLSTMForCausalLM
+from .publish import publishing
 from .state import state_bytes
 
 CONFIG_NAME = "config.json"
@@ -399,36 +400,23 @@ def load_checkpoint(path: str | os.PathLike[str], dtype: torch.dtype = torch.flo
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise CheckpointError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    ckpt = _open(path)
-    tensors: dict[str, Tensor] = {}
-    by_file: dict[Path, list[str]] = {}
-    for target, info in ckpt.plan.items():
-        by_file.setdefault(info.file, []).append(target)
+    from .weights import CheckpointWeights, build_model
+
+    source = CheckpointWeights(path)
+    model = build_model(source, dtype)
+    ckpt = source._ckpt
     lm_head_stored = ckpt.stored.get(LM_HEAD) if ckpt.config.tie_word_embeddings else None
-    try:
-        for file, targets in by_file.items():
-            with safe_open(file, framework="pt") as f:
-                for target in targets:
-                    info = ckpt.plan[target]
-                    t = f.get_slice(info.name)[info.rows[0]: info.rows[1]] if info.rows else f.get_tensor(info.name)
-                    tensors[target] = t.to(dtype)
-        if lm_head_stored is not None:
+    if lm_head_stored is not None:
+        try:
             with safe_open(lm_head_stored.file, framework="pt") as f:
                 lm_head = f.get_tensor(LM_HEAD).to(dtype)
-    except SafetensorError as exc:
-        raise CheckpointError(f"cannot read tensor data from {ckpt.root}: {exc}") from exc
-    if ckpt.config.tie_word_embeddings:
-        if lm_head_stored is not None and not torch.equal(lm_head, tensors[EMBEDDING]):
+        except SafetensorError as exc:
+            raise CheckpointError(f"cannot read tensor data from {ckpt.root}: {exc}") from exc
+        if not torch.equal(lm_head, model.backbone.embeddings.weight):
             raise CheckpointError(
                 "config.json says tie_word_embeddings=true but the stored lm_head.weight differs from the "
                 "embedding (transformers' xLSTM never ties them; set tie_word_embeddings to false to load it)"
             )
-        tensors[LM_HEAD] = tensors[EMBEDDING]
-    with torch.device("meta"):
-        model = xLSTMForCausalLM(ckpt.config)
-    model.load_state_dict(tensors, strict=True, assign=True)
-    if ckpt.config.tie_word_embeddings:
-        model.lm_head.weight = model.backbone.embeddings.weight
     return model.eval()
 
 
@@ -490,27 +478,51 @@ def _tensors_to_save(model: xLSTMForCausalLM) -> dict[str, Tensor]:
     return out
 
 
-def _shards(tensors: dict[str, Tensor], max_shard_bytes: int | None) -> list[dict[str, Tensor]]:
-    """Greedy split in name order; a tensor larger than the limit gets a shard of its own."""
-    if max_shard_bytes is None:
-        return [tensors]
-    if max_shard_bytes <= 0:
+def _write_shards(root: Path, items: Iterable[tuple[str, Tensor]], max_shard_bytes: int | None) -> None:
+    """Write tensors as they come: ``model.safetensors``, or ``model-0000i-of-0000n.safetensors`` shards of
+    at most ``max_shard_bytes`` (a larger tensor gets a shard of its own) plus the index. Holds one
+    shard in memory at a time."""
+    if max_shard_bytes is not None and max_shard_bytes <= 0:
         raise CheckpointError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
-    shards: list[dict[str, Tensor]] = [{}]
-    size = 0
-    for name, t in tensors.items():
+    written: list[tuple[Path, list[str]]] = []
+    shard: dict[str, Tensor] = {}
+    size = total = 0
+
+    def flush() -> None:
+        path = root / f".shard-{len(written):05d}.safetensors"
+        _write_weights(shard, path)
+        written.append((path, list(shard)))
+        shard.clear()
+
+    for name, t in items:
         nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+        if shard and max_shard_bytes is not None and size + nbytes > max_shard_bytes:
+            flush()
             size = 0
-        shards[-1][name] = t
+        shard[name] = t
         size += nbytes
-    return shards
+        total += nbytes
+    if shard or not written:
+        flush()
+    if len(written) == 1:
+        written[0][0].rename(root / WEIGHTS_NAME)
+        return
+    weight_map: dict[str, str] = {}
+    for i, (path, names) in enumerate(written, start=1):
+        file = f"model-{i:05d}-of-{len(written):05d}.safetensors"
+        path.rename(root / file)
+        weight_map.update(dict.fromkeys(names, file))
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (root / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
 def _hf_config_dict(model: xLSTMForCausalLM) -> dict[str, Any]:
-    d = model.config.to_hf_dict()
-    dtype_name = str(model.lm_head.weight.dtype).removeprefix("torch.")
+    return _config_dict(model.config, model.lm_head.weight.dtype)
+
+
+def _config_dict(config: xLSTMConfig, dtype: torch.dtype) -> dict[str, Any]:
+    d = config.to_hf_dict()
+    dtype_name = str(dtype).removeprefix("torch.")
     d["dtype"] = dtype_name
     if "torch_dtype" in d:
         d["torch_dtype"] = dtype_name
@@ -536,42 +548,64 @@ def save_checkpoint(
     out = Path(out_dir)
     if out.exists() and not overwrite:
         raise CheckpointError(f"{out} already exists; pass overwrite=True to replace it")
-    if out.exists() and not out.is_dir():
-        raise CheckpointError(f"{out} exists and is not a directory")
     tensors = _tensors_to_save(model)
-    shards = _shards(tensors, max_shard_bytes)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()  # (not mkdtemp: its 0700 mode would stay on the finished checkpoint)
-    try:
+    with publishing(out, replace=overwrite, error=CheckpointError) as tmp:
         (tmp / CONFIG_NAME).write_text(json.dumps(_hf_config_dict(model), indent=2, sort_keys=True) + "\n")
-        if len(shards) == 1:
-            _write_weights(shards[0], tmp / WEIGHTS_NAME)
-        else:
-            weight_map: dict[str, str] = {}
-            for i, shard in enumerate(shards, start=1):
-                file = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                _write_weights(shard, tmp / file)
-                weight_map.update(dict.fromkeys(shard, file))
-            total = sum(t.numel() * t.element_size() for t in tensors.values())
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _write_shards(tmp, tensors.items(), max_shard_bytes)
         if tokenizer is not None:
             tokenizer.save(tmp)
-        if out.exists():  # overwrite: move the old one aside, swap, then delete it (or put it back)
-            old = out.parent / f".{out.name}.old-{os.getpid()}-{secrets.token_hex(4)}"
-            os.replace(out, old)
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old, out)
-                raise
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return out
+
+
+def write_random_checkpoint(
+    config: xLSTMConfig,
+    out_dir: str | os.PathLike[str],
+    *,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    tokenizer: SavesItself | None = None,
+    max_shard_bytes: int | None = 2**30,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """A randomly initialized model (``init_weights``' scheme) written block by block in ``dtype``: the
+    model is never whole in memory (one block in float32 and one shard at a time), so a 7B checkpoint
+    can be made on a laptop. The layout is ``save_checkpoint``'s; returns ``out_dir``."""
+    import math
+
+    from tqdm import tqdm
+
+    from .model import init_block_weights, mLSTMBlock, sLSTMBlock
+
+    out = Path(out_dir)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"{out} already exists; pass overwrite=True to replace it")
+    generator = torch.manual_seed(seed)
+    std = math.sqrt(2 / (5 * config.hidden_size))
+
+    def tensors() -> Iterable[tuple[str, Tensor]]:
+        V, D = config.vocab_size, config.hidden_size
+        yield EMBEDDING, (torch.randn(V, D, generator=generator) * std).to(dtype)
+        kinds = config.block_types()
+        for idx in tqdm(range(config.num_hidden_layers), desc="writing blocks", disable=not progress):
+            block = sLSTMBlock(config) if kinds[idx] == "s" else mLSTMBlock(config)
+            init_block_weights(block, config)
+            for name, t in block.state_dict().items():
+                yield f"backbone.blocks.{idx}.{name}", t.to(dtype)
+        if config.add_out_norm:
+            yield "backbone.out_norm.weight", torch.ones(D, dtype=dtype)
+            if config.use_bias:
+                yield "backbone.out_norm.bias", torch.zeros(D, dtype=dtype)
+        if not config.tie_word_embeddings:
+            yield LM_HEAD, (torch.randn(V, D, generator=generator) * std).to(dtype)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with publishing(out, replace=overwrite, error=CheckpointError) as tmp:
+        (tmp / CONFIG_NAME).write_text(json.dumps(_config_dict(config, dtype), indent=2, sort_keys=True) + "\n")
+        _write_shards(tmp, tensors(), max_shard_bytes)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
     return out
 
 

@@ -41,7 +41,6 @@ USER_ERRORS: list[str] = [
 # third-party loggers that warn about things a user cannot act on (torchao's optional CUDA extensions on a
 # CPU machine, torch's pytree deprecation notes, the ONNX exporter's missing torchvision ops)
 QUIET_LOGGERS: list[str] = ["torchao", "torch.utils._pytree", "torch.onnx._internal.exporter._registration"]
-BUILD_MEMORY_FACTOR = 2  # building a float32 model and serializing it to safetensors holds ~2 copies
 
 
 # ---- plug-in commands ----------------------------------------------------------------------------
@@ -108,8 +107,19 @@ class LazyGroup(click.Group):
         return None
 
     def invoke(self, ctx: click.Context) -> Any:
+        from .publish import handle_sigterm
+
+        handle_sigterm()  # SIGTERM unwinds like Ctrl-C: staging directories are removed
         try:
             return super().invoke(ctx)
+        except MemoryError:
+            import psutil
+
+            avail = psutil.virtual_memory().available / 2**30
+            raise click.ClickException(
+                f"out of memory ({avail:.1f} GiB available now): nothing was written; try a smaller scheme "
+                "(int4-dynamic), fewer --prefill-tokens, or a machine with more memory"
+            ) from None
         except ValueError as e:  # every user error class is a ValueError
             if isinstance(e, _user_error_types()):
                 raise click.ClickException(str(e)) from e
@@ -174,32 +184,39 @@ def _human_bytes(n: float) -> str:
 @click.option("--preset", type=click.Choice(list(PRESETS)), default="tiny", show_default=True,
               help="Model shape (see `xlstm-edge info --preset NAME`).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16"]), default="float32", show_default=True,
+              help="Dtype of the stored weights (bfloat16: as xLSTM 7B is published).")
+@click.option("--shard-size", type=click.IntRange(1), default=1024, show_default=True,
+              help="MiB per safetensors shard (more than one shard: model.safetensors.index.json).")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
-def init_cmd(out: Path, preset: str, seed: int, force: bool) -> None:
+def init_cmd(out: Path, preset: str, seed: int, dtype: str, shard_size: int, force: bool) -> None:
     """Write a random model from a preset to OUT.
 
     OUT (a new checkpoint directory) gets config.json, model.safetensors (Hugging Face xLSTM layout) and the byte-level
     tokenizer.json. The presets small and 7b have a 50304-id vocab made for a BPE tokenizer;
     they get the byte-level one too (ids 0..258 only) until a real tokenizer.json replaces it.
+    The model is written block by block, never whole in memory: the 7b preset in bfloat16 (13.7 GB
+    on disk) takes about 2 GB of memory.
 
     \b
-    Example:
+    Examples:
       xlstm-edge init --preset tiny-ms --seed 1 models/tiny-ms
+      xlstm-edge init --preset 7b --dtype bfloat16 models/7b-random
     """
     import psutil
     import torch
 
-    from .checkpoint import save_checkpoint
-    from .model import xLSTMForCausalLM
+    from .checkpoint import write_random_checkpoint
     from .tokenizer import byte_tokenizer
 
     config = _config_for_preset(preset)
     params = _num_params(config)
-    need = BUILD_MEMORY_FACTOR * 4 * params
+    block = max(params - 2 * config.vocab_size * config.hidden_size, 0) // config.num_hidden_layers
+    need = 4 * (block + config.vocab_size * config.hidden_size) + 2 * shard_size * 2**20
     available = psutil.virtual_memory().available
     if need > available:
         raise click.ClickException(
-            f"preset {preset} needs about {_human_bytes(need)} of memory to build in float32 and save, "
+            f"preset {preset} needs about {_human_bytes(need)} of memory to write block by block, "
             f"this machine has {_human_bytes(available)} available; "
             f"`xlstm-edge info --preset {preset}` shows its sizes without building it"
         )
@@ -208,11 +225,11 @@ def init_cmd(out: Path, preset: str, seed: int, force: bool) -> None:
     if config.vocab_size != BYTE_SPECIALS["vocab_size"]:
         click.echo(f"note: preset {preset} has a {config.vocab_size}-id vocab; the byte-level tokenizer uses "
                    "ids 0..258 of it (bos 256, eos 257, pad 258)", err=True)
-    torch.manual_seed(seed)
-    model = xLSTMForCausalLM(config).eval()
-    save_checkpoint(model, out, tokenizer=byte_tokenizer(), overwrite=force)
+    write_random_checkpoint(config, out, dtype=getattr(torch, dtype), seed=seed, tokenizer=byte_tokenizer(),
+                            max_shard_bytes=shard_size * 2**20, overwrite=force, progress=True)
+    width = 2 if dtype == "bfloat16" else 4
     click.echo(f"wrote {out}: preset {preset}, seed {seed}, {params:,} parameters "
-               f"({_human_bytes(4 * params)} float32), byte-level tokenizer")
+               f"({_human_bytes(width * params)} {dtype}), byte-level tokenizer")
 
 
 # ---- info ----------------------------------------------------------------------------------------

@@ -237,29 +237,37 @@ class xLSTMForCausalLM(nn.Module):  # noqa: N801
     @torch.no_grad()
     def init_weights(self) -> None:
         c = self.config
-        D = c.hidden_size
-        small_std = math.sqrt(2 / (5 * D))
-        out_std = 2 / (c.num_hidden_layers * math.sqrt(D))
+        small_std = math.sqrt(2 / (5 * c.hidden_size))
         nn.init.normal_(self.backbone.embeddings.weight, std=small_std)
         if not c.tie_word_embeddings:
             nn.init.normal_(self.lm_head.weight, std=small_std)
         for block in self.backbone.blocks:
-            for name, mod in block.named_modules():
-                if isinstance(mod, nn.Linear):
-                    std = out_std if name.endswith(("proj_down", "out_proj")) else small_std
-                    nn.init.normal_(mod.weight, std=std)
-                    if mod.bias is not None:
-                        nn.init.zeros_(mod.bias)
-            if isinstance(block, mLSTMBlock):
-                layer = block.mlstm_layer
-                nn.init.zeros_(layer.igate_preact.weight)
-                nn.init.zeros_(layer.fgate_preact.weight)
-                layer.igate_preact.bias.fill_(-10.0)
-                layer.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, c.num_heads))
-            else:
-                layer = block.slstm_layer
-                DH = c.slstm_head_dim
-                nn.init.normal_(layer.recurrent, std=1 / math.sqrt(DH) * 0.1)
-                bias = layer.bias.view(4, c.slstm_num_heads, DH)
-                bias.zero_()
-                bias[1].copy_(torch.linspace(3.0, 6.0, DH).expand(c.slstm_num_heads, DH))
+            init_block_weights(block, c)
+
+
+@torch.no_grad()
+def init_block_weights(block: nn.Module, c: xLSTMConfig) -> None:
+    """One block's initial weights, as ``xLSTMForCausalLM.init_weights`` gives them (so that a model can
+    be initialized block by block, e.g. written to disk without ever being whole in memory)."""
+    D = c.hidden_size
+    small_std = math.sqrt(2 / (5 * D))
+    out_std = 2 / (c.num_hidden_layers * math.sqrt(D))
+    for name, mod in block.named_modules():
+        if isinstance(mod, nn.Linear):
+            std = out_std if name.endswith(("proj_down", "out_proj")) else small_std
+            nn.init.normal_(mod.weight, std=std)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
+    if isinstance(block, mLSTMBlock):
+        layer = block.mlstm_layer
+        nn.init.zeros_(layer.igate_preact.weight)
+        nn.init.zeros_(layer.fgate_preact.weight)
+        layer.igate_preact.bias.fill_(-10.0)
+        layer.fgate_preact.bias.copy_(torch.linspace(3.0, 6.0, c.num_heads))
+    else:
+        layer = block.slstm_layer
+        DH = c.slstm_head_dim
+        nn.init.normal_(layer.recurrent, std=1 / math.sqrt(DH) * 0.1)
+        bias = layer.bias.view(4, c.slstm_num_heads, DH)
+        bias.zero_()
+        bias[1].copy_(torch.linspace(3.0, 6.0, DH).expand(c.slstm_num_heads, DH))

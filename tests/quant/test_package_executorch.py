@@ -79,3 +79,22 @@ def test_weight_only_is_refused_with_the_reason(et_built, tmp_path):
     with pytest.raises(QuantizationError, match="int8-weight is not available for backend executorch .*wrong outputs with no error.*use int8-dynamic"):
         quantize(et_built.package, tmp_path / "w", "int8-weight")
     assert not (tmp_path / "w").exists()
+
+
+def test_cli_names_a_truncated_program_in_one_line(et_built, tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from xlstm_edge.cli import main
+
+    shutil.copytree(et_built.package, tmp_path / "pkg")
+    pte = tmp_path / "pkg" / "model.pte"
+    with open(pte, "r+b") as fh:
+        fh.truncate(pte.stat().st_size // 2)
+    res = CliRunner().invoke(main, ["quantize", str(tmp_path / "pkg"), str(tmp_path / "o"), "--scheme",
+                                    "int8-dynamic"])
+    assert res.exit_code == 1, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and str(pte) in error[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()

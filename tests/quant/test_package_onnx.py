@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import copy
+import shutil
+from pathlib import Path
 
 import onnx
 import pytest
@@ -171,7 +173,8 @@ def test_bad_inputs(ort_built, tmp_path):
 
 
 def test_checkpoint_resolution(ort_built, tmp_path):
-    """No --checkpoint and none recorded: a clear error; a checkpoint of other weights: refused."""
+    """A package without a weights index, no --checkpoint and none recorded: a clear error; a checkpoint
+    of other weights: refused."""
     import shutil
 
     from xlstm_edge.export.metadata import write_manifest
@@ -182,6 +185,7 @@ def test_checkpoint_resolution(ort_built, tmp_path):
     shutil.copytree(ort_built.package, bare)
     manifest = read_manifest(bare)
     manifest.source = None
+    manifest.weights = None  # as a package exported before the weights index (or an ExecuTorch one)
     write_manifest(manifest, bare)
     with pytest.raises(QuantizationError, match="does not record the checkpoint .* pass --checkpoint"):
         quantize(bare, tmp_path / "out", "int8-dynamic")
@@ -216,3 +220,59 @@ def test_cli_fails_and_writes_nothing_when_the_quality_gate_is_missed(ort_built,
     assert res.exit_code != 0, res.output
     assert "quality gate (perplexity <= -100.0%" in res.output and "MISSED" in res.output
     assert "quality gate missed: nothing written" in res.output and not out.exists()
+
+
+def _corrupt_copy(package: Path, dest: Path, file: str, how: str) -> Path:
+    shutil.copytree(package, dest)
+    path = dest / file
+    if how == "truncate":
+        with open(path, "r+b") as fh:
+            fh.truncate(path.stat().st_size // 2)
+    else:
+        path.write_bytes(b"not a graph at all\n" * 50)
+    return path
+
+
+@pytest.mark.parametrize(("file", "how"), [("weights.bin", "truncate"), ("step.onnx", "garbage"),
+                                           ("step.onnx", "truncate")])
+def test_cli_names_the_corrupt_file_in_one_line(ort_built, tmp_path, file, how):
+    from xlstm_edge.cli import main
+
+    bad = _corrupt_copy(ort_built.package, tmp_path / "pkg", file, how)
+    res = CliRunner().invoke(main, ["quantize", str(tmp_path / "pkg"), str(tmp_path / "o"), "--scheme",
+                                    "int8-dynamic"])
+    assert res.exit_code == 1, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and str(bad) in error[0] and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_quantize_reads_the_package_own_weights_without_its_checkpoint(ort_built, tmp_path):
+    """The float package's weights index locates every parameter in weights.bin (some stored transposed):
+    the weights read back are the model's, bit for bit, and ``quantize`` of a package whose checkpoint
+    is gone reads them there."""
+    from xlstm_edge.export.onnx_weights import PackageWeights
+
+    from xlstm_edge.weights import ModelWeights
+
+    manifest = read_manifest(ort_built.package)
+    index = manifest.weights
+    assert index["missing"] == [] and any(t["transposed"] for t in index["tensors"].values())
+    source, model = PackageWeights(ort_built.package, manifest), ModelWeights(ort_built.model)
+    assert sorted(source.names()) == sorted(model.names())
+    for name in model.names():
+        assert torch.equal(source.read(name, torch.float32), model.read(name, torch.float32)), name
+    head = "lm_head.weight"
+    assert torch.equal(source.read(head, torch.float32, (3, 7)), model.read(head, torch.float32)[3:7])
+
+    moved = tmp_path / "pkg"
+    shutil.copytree(ort_built.package, moved)
+    m = read_manifest(moved)
+    m.source = {"checkpoint": str(tmp_path / "deleted"), "weights_sha256": "0" * 64}
+    from xlstm_edge.export.metadata import write_manifest
+
+    write_manifest(m, moved)
+    result = quantize(moved, tmp_path / "int8", "int8-dynamic", embedding="int8")
+    q = read_manifest(result.out).quantization
+    assert "source_checkpoint" not in q and q["source_package"] == str(moved)
+    assert read_manifest(result.out).parity["int8"]["source_check_rel_err"] <= 1e-4

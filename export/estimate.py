@@ -1,0 +1,85 @@
+"""How much memory an export will take, worked out before it starts (``xlstm-edge export`` refuses at
+once, in one line, when the machine lacks it, rather than failing an hour later).
+
+The estimate is linear in what the export holds, with coefficients measured on this project's
+machine (``bench/scale.py``; see bench/RESULTS.md, "Export memory at scale"):
+
+float32 export     the model in float32 (W bytes) plus, in the parity stage, one ONNX Runtime
+                   session's copy of the weights (or the lowered program's), plus the libraries:
+                   ``FLOAT_BASE + FLOAT_PER_BYTE * W``
+quantized export   the quantized model (Q bytes: 1 byte per quantized weight in memory, int4 too, and
+                   the float32 parts), the exporter's copy while it writes and rewrites the graphs,
+                   one float32 block at a time for the streamed float reference:
+                   ``QUANT_BASE + QUANT_PER_BYTE * Q + 4 * largest block``
+
+The figures err high (they were fit to the worst of the measured runs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from xlstm_edge.config import xLSTMConfig
+
+GIB = 2**30
+FLOAT_BASE, FLOAT_PER_BYTE = 1.0 * GIB, 2.6
+QUANT_BASE, QUANT_PER_BYTE = 1.0 * GIB, 3.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    peak_bytes: int
+    what: str  # one phrase: what dominates
+
+    def refusal(self, available: int, fmt: str, scheme: str | None, prefill_tokens: int | None) -> str | None:
+        """One line if ``available`` bytes are not enough, naming what would fit; else None."""
+        if self.peak_bytes <= available:
+            return None
+        options = []
+        if scheme != "int4-dynamic":
+            options.append("--quantize int4-dynamic (the smallest package)")
+        if prefill_tokens is None or prefill_tokens > 64:
+            options.append("fewer --prefill-tokens")
+        options.append(f"a machine with {self.peak_bytes / GIB:.0f} GiB free")
+        return (f"this export needs about {self.peak_bytes / GIB:.1f} GiB of memory ({self.what}), the machine has "
+                f"{available / GIB:.1f} GiB available: nothing was started; try {', or '.join(options)}")
+
+
+def _sizes(config: xLSTMConfig) -> tuple[int, int, int, int]:
+    """(all params, params of quantizable Linears, embedding params, largest block's params)."""
+    from xlstm_edge.checkpoint import expected_shapes
+
+    shapes = expected_shapes(config)
+    total = linear = block_max = 0
+    blocks: dict[str, int] = {}
+    for name, shape in shapes.items():
+        n = 1
+        for d in shape:
+            n *= d
+        total += n
+        if name.startswith("backbone.blocks."):
+            key = ".".join(name.split(".")[:3])
+            blocks[key] = blocks.get(key, 0) + n
+            if len(shape) == 2 and "gate_preact" not in name and "recurrent" not in name:
+                linear += n
+        elif name == "lm_head.weight":
+            linear += n
+    block_max = max(blocks.values(), default=0)
+    embedding = config.vocab_size * config.hidden_size
+    if config.tie_word_embeddings:
+        linear += embedding  # the head gets its own quantized copy
+    return total, linear, embedding, block_max
+
+
+def estimate_export(config: xLSTMConfig, scheme: str | None = None, embedding: str = "fp32") -> Estimate:
+    """The peak resident memory of ``xlstm-edge export`` (float32 when ``scheme`` is None)."""
+    total, linear, emb, block = _sizes(config)
+    if scheme is None:
+        return Estimate(int(FLOAT_BASE + FLOAT_PER_BYTE * 4 * total), f"{4 * total / GIB:.1f} GiB of float32 weights")
+    float_params = total - linear - (emb if embedding == "int8" else 0)
+    q = linear + (emb if embedding == "int8" else 0) + 4 * float_params
+    return Estimate(int(QUANT_BASE + QUANT_PER_BYTE * q + 4 * block),
+                    f"{q / GIB:.1f} GiB of quantized model, one float32 block at a time")
+
+
+__all__ = ["Estimate", "estimate_export"]
