@@ -118,12 +118,13 @@ def _decay_matrix(b, ig, m_pos, offs_t):
     return tl.exp(log_d - m_pos[:, None])
 
 
-@triton.jit
+# NK, NV: run-time tile counts, as in forward.py's _fwd_output_kernel (why: the comment there)
+@triton.jit(do_not_specialize=["NK", "NV"])
 def _bwd_inputs_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr,
     Cs_ptr, ns_ptr, ms_ptr, dCs_ptr, dns_ptr,
     dq_ptr, dk_ptr, dv_ptr, qdq_ptr, kdk_ptr,
-    S, NC, scale,
+    S, NC, scale, NK, NV,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
@@ -152,7 +153,7 @@ def _bwd_inputs_kernel(
     # phase 1: dP = dnum v^T + dden (reduced over DV), masked by the decay matrix. dnum = dh / norm:
     # the products take dh as given and divide in float32 after (no rounding of dnum to q's dtype)
     dp = tl.zeros((L, L), dtype=tl.float32)
-    for vt in range(DV // BV):
+    for vt in range(NV):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
@@ -163,12 +164,12 @@ def _bwd_inputs_kernel(
     # phase 2: dq and dk, one DQK tile at a time; one accumulator pair live at once
     qdq = tl.zeros((L,), dtype=tl.float32)
     kdk = tl.zeros((L,), dtype=tl.float32)
-    for kt in range(DQK // BK):
+    for kt in range(NK):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dh C_k^T (dnum C_k^T times norm)
-        for vt in range(DV // BV):
+        for vt in range(NV):
             offs_v = vt * BV + tl.arange(0, BV)
             dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
             ct = tl.load(Cs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
@@ -179,7 +180,7 @@ def _bwd_inputs_kernel(
         qdq += tl.sum(qt.to(tl.float32) * dq, axis=1)
         tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
         dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
-        for vt in range(DV // BV):
+        for vt in range(NV):
             offs_v = vt * BV + tl.arange(0, BV)
             vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
             dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
@@ -194,7 +195,7 @@ def _bwd_inputs_kernel(
 
     # phase 3: scores q^ k^T (reduced over DQK), masked by the decay matrix
     scores = tl.zeros((L, L), dtype=tl.float32)
-    for kt in range(DQK // BK):
+    for kt in range(NK):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
@@ -203,11 +204,11 @@ def _bwd_inputs_kernel(
     ws = (_decay_matrix(b, ig, m_pos, offs_t) * scores * (scale / norm[:, None])).to(dtype)
 
     # phase 4: dv, one DV tile at a time
-    for vt in range(DV // BV):
+    for vt in range(NV):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         dv_inter = tl.zeros((L, BV), dtype=tl.float32)  # k dC_{k+1}
-        for kt in range(DQK // BK):
+        for kt in range(NK):
             offs_k = kt * BK + tl.arange(0, BK)
             kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
             dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
@@ -277,7 +278,7 @@ def chunk_inputs_bwd(
     kdk = torch.empty_like(qdq)
     _bwd_inputs_kernel[(NC, BH)](
         q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, qdq, kdk,
-        S, NC, DQK**-0.5,
+        S, NC, DQK**-0.5, DQK // BK, DV // BV,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
         num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
     )  # fmt: skip

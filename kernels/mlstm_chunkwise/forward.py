@@ -162,12 +162,21 @@ def _fwd_states_kernel(
         tl.store(ms_ptr + bh * (NC + 1) + NC, m)
 
 
-@triton.jit
+# NK = DQK / BK and NV = DV / BV are run-time arguments of the per-chunk kernels, never specialised,
+# so their tile loops stay loops. With compile-time counts, a single-tile loop (DQK == BK or
+# DV == BV, e.g. the demo model's 32 / 64 heads) is folded away, and Triton 3.6 then sees an L x L
+# product feeding another product in straight-line code: its chained-dot rule ("all warps along M",
+# warpsPerTileV3) puts 8 warps, two warpgroups, on a 64-row wgmma tile. The second warpgroup's
+# shared-memory operand descriptors then point 64 rows past the 64 x 32 q / k tile: an out-of-range
+# shared read on an H200 (compute-sanitizer: HGMMA.64x32x16 by threads 128..255) or another
+# buffer's data (dv wrong by 130% where it did not crash). Inside a loop the rule does not fire (a
+# forward slice stops at scf.yield), which is the path every multi-tile shape always took.
+@triton.jit(do_not_specialize=["NK", "NV"])
 def _fwd_output_kernel(
     q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr,
     Cs_ptr, ns_ptr, ms_ptr,
     h_ptr, mpos_ptr, den_ptr,
-    S, NC, scale, eps,
+    S, NC, scale, eps, NK, NV,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
@@ -185,7 +194,7 @@ def _fwd_output_kernel(
     # scores q k^T and q . n_k, reduced over DQK tiles
     scores = tl.zeros((L, L), dtype=tl.float32)
     qn = tl.zeros((L,), dtype=tl.float32)
-    for kt in range(DQK // BK):
+    for kt in range(NK):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
@@ -209,12 +218,12 @@ def _fwd_output_kernel(
 
     p = p.to(v_ptr.dtype.element_ty)
     inter_scale = alpha * scale
-    for vt in range(DV // BV):
+    for vt in range(NV):
         offs_v = vt * BV + tl.arange(0, BV)
         vv = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         acc = tl.dot(p, vv, input_precision=DOT_PREC)
         qc = tl.zeros((L, BV), dtype=tl.float32)
-        for kt in range(DQK // BK):
+        for kt in range(NK):
             offs_k = kt * BK + tl.arange(0, BK)
             qt = tl.load(
                 q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0
@@ -272,7 +281,7 @@ def chunk_output_fwd(
     m_pos = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     den = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     _fwd_output_kernel[(NC, BH)](
-        q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps,
+        q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps, DQK // BK, DV // BV,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
         num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
     )  # fmt: skip
