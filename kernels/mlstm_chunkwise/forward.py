@@ -162,15 +162,17 @@ def _fwd_states_kernel(
         tl.store(ms_ptr + bh * (NC + 1) + NC, m)
 
 
-# NK = DQK / BK and NV = DV / BV are run-time arguments of the per-chunk kernels, never specialised,
-# so their tile loops stay loops. With compile-time counts, a single-tile loop (DQK == BK or
-# DV == BV, e.g. the demo model's 32 / 64 heads) is folded away, and Triton 3.6 then sees an L x L
-# product feeding another product in straight-line code: its chained-dot rule ("all warps along M",
-# warpsPerTileV3) puts 8 warps, two warpgroups, on a 64-row wgmma tile. The second warpgroup's
-# shared-memory operand descriptors then point 64 rows past the 64 x 32 q / k tile: an out-of-range
-# shared read on an H200 (compute-sanitizer: HGMMA.64x32x16 by threads 128..255) or another
-# buffer's data (dv wrong by 130% where it did not crash). Inside a loop the rule does not fire (a
-# forward slice stops at scf.yield), which is the path every multi-tile shape always took.
+# NK = DQK / BK and NV = DV / BV, run-time arguments of the per-chunk kernels, never specialised: a
+# dim of one tile loops over NK (or NV) = 1 unknown at compile time, so its loop stays a loop; a dim of
+# several tiles loops over the constant DQK // BK as before. With a constant count of 1 (DQK == BK or
+# DV == BV, e.g. the demo model's 32 / 64 heads) the loop is folded away, and Triton 3.6 then sees an
+# L x L product feeding another product in straight-line code: its chained-dot rule ("all warps along
+# M", warpsPerTileV3) puts 8 warps, two warpgroups, on a 64-row wgmma tile, and the second
+# warpgroup's shared-memory operand descriptors point 64 rows past the 64 x 32 q / k tile: an
+# out-of-range shared read on an H200 (compute-sanitizer: HGMMA.64x32x16 by threads 128..255) or
+# another buffer's data (dv wrong by 130% where it did not crash). Inside a loop the rule does not
+# fire (a forward slice stops at scf.yield). Run-time counts for every dim were tried and rejected:
+# with num_stages=3 they gave wrong h and gradients at 7B heads (h off by 5%), constant counts do not.
 @triton.jit(do_not_specialize=["NK", "NV"])
 def _fwd_output_kernel(
     q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr,
@@ -191,10 +193,13 @@ def _fwd_output_kernel(
     m_k = tl.load(ms_ptr + bh * (NC + 1) + c)
     state_base = (bh * NC + c) * DQK
 
+    n_kt = NK if DQK == BK else DQK // BK  # a one-tile dim loops over a run-time count
+    n_vt = NV if DV == BV else DV // BV
+
     # scores q k^T and q . n_k, reduced over DQK tiles
     scores = tl.zeros((L, L), dtype=tl.float32)
     qn = tl.zeros((L,), dtype=tl.float32)
-    for kt in range(NK):
+    for kt in range(n_kt):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
@@ -218,12 +223,12 @@ def _fwd_output_kernel(
 
     p = p.to(v_ptr.dtype.element_ty)
     inter_scale = alpha * scale
-    for vt in range(NV):
+    for vt in range(n_vt):
         offs_v = vt * BV + tl.arange(0, BV)
         vv = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         acc = tl.dot(p, vv, input_precision=DOT_PREC)
         qc = tl.zeros((L, BV), dtype=tl.float32)
-        for kt in range(NK):
+        for kt in range(n_kt):
             offs_k = kt * BK + tl.arange(0, BK)
             qt = tl.load(
                 q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0

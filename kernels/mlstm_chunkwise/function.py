@@ -90,13 +90,13 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
         dCs, dns, dC0, dn0, chunk_shares = chunk_states_bwd(
             qf, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, dfinal, L, cfg
         )
-        dq, dk, dv, qdq, kdk = chunk_inputs_bwd(
+        dq, dk, dv, kdk, cross, qa, ke = chunk_inputs_bwd(
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg
         )
         del Cs, dCs
         m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
         dlf, di, dm0 = gate_grads(
-            lf, ig, m_init, m_pos, qdq, kdk, dm_pos, chunk_shares, L, final_share, dm_final
+            lf, ig, m_init, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
         )
         df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
         grads_init = (None, None, None)
