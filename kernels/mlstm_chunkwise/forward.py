@@ -39,9 +39,11 @@ class ChunkwiseConfig:
     num_warps_states: warps of the state kernels (0 = 8 for 64 x 128 tiles and up, else 4);
     num_warps_output: warps of the per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4
     the backward one spills at DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
-    num_stages: software pipelining depth of every kernel's loops. 3 ran 7% faster at 7B heads on an
-    H100 but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h off by 15%) and ran out of
-    shared memory in float32; bench/kernels.py checks every configuration it times.
+    num_stages: software pipelining depth of every kernel's loops. 3 ran 7-11% faster at 7B heads
+    (H100, H200) but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h off by 15%) and ran
+    out of shared memory in float32, and with a one-tile DQK or DV (a loop over a run-time count, see
+    _fwd_output_kernel) gave wrong results at 64/64 heads: the op refuses that on CUDA.
+    bench/kernels.py checks every configuration it times.
     """
 
     block_k: int = 0

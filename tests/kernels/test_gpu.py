@@ -149,6 +149,19 @@ def test_chunk_128_refused_on_cuda():
         mlstm_chunkwise_triton(q, q, q, i, i, chunk_size=128)
 
 
+def test_deep_pipelining_of_one_tile_dims_refused_on_cuda():
+    """num_stages 3 with a one-tile DQK or DV gave wrong results on an H200 (64/64 heads, h off by 9%)."""
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
+
+    q = torch.randn(1, 1, 40, 64, device=DEV)
+    i = torch.randn(1, 1, 40, device=DEV)
+    with pytest.raises(ValueError, match="num_stages 3 is refused on CUDA when DQK"):
+        mlstm_chunkwise_triton(q, q, q, i, i, config=ChunkwiseConfig(num_stages=3))
+    q2 = torch.randn(1, 1, 40, 128, device=DEV)  # 64-wide tiles split both dims: allowed
+    h, _ = mlstm_chunkwise_triton(q2, q2, q2, i, i, config=ChunkwiseConfig(num_stages=3))
+    assert torch.isfinite(h).all()
+
+
 @pytest.mark.parametrize("chunk_size", [64, 128])
 def test_state_kernels_tile_independent(seed, chunk_size):
     """The chunk-start states (forward) and their gradients (backward) at 7B heads, bfloat16, do not
