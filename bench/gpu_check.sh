@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # One device run for the Triton kernels, results under $OUT. Run from the repository root:
-#     OUT=/tmp/out STAGES="precision repro tests train bench" bash bench/gpu_check.sh
+#     OUT=/tmp/out STAGES="precision tests memcheck train bench" bash bench/gpu_check.sh
 # Stages (any subset, in this order):
 #   precision  bench/kernel_precision.py: median / worst errors over PRECISION_SEEDS draws per dtype
 #          and chunk size (PRECISION_CHUNKS, default 32,64,128: 128 through the autograd function)
-#   repro  the demo model's training shape (B 64, NH 2, S 256, DQK 32, DV 64, L 64) alone, in its
-#          own process with CUDA_LAUNCH_BLOCKING=1 (an illegal address there once killed training)
-#   tests  the GPU tests (tests/kernels/test_gpu.py), the repro shape left out
-#   train  bench/gpu_train.sh: `small` preset training throughput and a demo-model smoke run
+#   tests  every GPU test: tests/kernels/test_gpu.py and the `gpu` tests of tests/test_train.py
+#          (kernel vs PyTorch loss curves); nothing deselected
+#   memcheck  bench/gpu_memcheck.sh: tests/kernels/test_gpu.py under compute-sanitizer memcheck
+#   train  bench/gpu_train.sh: `small` preset training throughput, a demo-model run, an xLSTM[m:s]
+#          model with and without the Triton sLSTM kernels
 #   bench  bench/kernels.py (candidates compiled in parallel while the tests run)
 # Makes `xlstm_edge` (with xlstm_edge.kernels -> kernels/) importable without pip: a shadow package
 # of symlinks, imported before pytest can put the repository root first on sys.path. NX-AI's
 # mlstm_kernels (a benchmark comparator only) is installed from .whl/ when that folder is there.
 set -uo pipefail
 OUT=${OUT:-/tmp/kernels_out}
-STAGES=${STAGES:-precision repro tests train bench}
+STAGES=${STAGES:-precision tests memcheck train bench}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 ROOT=$(pwd)
@@ -55,7 +56,7 @@ import sys
 import xlstm_edge.kernels.mlstm_chunkwise  # noqa: F401  the shadow package, before pytest edits sys.path
 import pytest
 
-args = ["-q", "-s", "-rA", "-p", "no:cacheprovider", "-m", "gpu", "tests/kernels/test_gpu.py"]
+args = ["-q", "-s", "-rA", "-p", "no:cacheprovider", "-m", "gpu", "tests/kernels/test_gpu.py", "tests/test_train.py"]
 sys.exit(pytest.main(args + sys.argv[1:]))
 PY
 if has precision; then
@@ -64,14 +65,12 @@ if has precision; then
         --dtypes "${PRECISION_DTYPES:-bfloat16,float32}" ${PRECISION_EXTRA:-} --out "$OUT" 2>&1 | tee -a "$LOG"
     echo "precision exit code: ${PIPESTATUS[0]}" | tee -a "$LOG"
 fi
-REPRO="64-2-256-32-64"
-if has repro; then
-    CUDA_LAUNCH_BLOCKING=1 timeout 300 python3 "$SHADOW/run_tests.py" -k "$REPRO" 2>&1 | tee "$OUT/gpu_repro.log"
-    echo "repro exit code: ${PIPESTATUS[0]}" | tee -a "$LOG"
-fi
 if has tests; then
-    timeout 400 python3 "$SHADOW/run_tests.py" -k "not $REPRO" 2>&1 | tee "$OUT/gpu_tests.log"
+    timeout 500 python3 "$SHADOW/run_tests.py" 2>&1 | tee "$OUT/gpu_tests.log"
     echo "gpu tests exit code: ${PIPESTATUS[0]}" | tee -a "$LOG"
+fi
+if has memcheck; then
+    bash bench/gpu_memcheck.sh 2>&1 | tee -a "$LOG"
 fi
 for p in "${pids[@]}"; do wait "$p"; done
 if has bench; then cat /tmp/warm_*.log >>"$LOG"; fi

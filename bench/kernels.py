@@ -172,7 +172,9 @@ def guarded(fn, *args):
 # checked against float64 first (bench_ours). State kernel tiles are left automatic. H100 runs,
 # 2026-11-23, S 8k: L=64 with 128-wide DV tiles best at both head shapes; num_stages=3 7-11% faster
 # than 2 at 7B heads. L=128 ran up to 12% faster at 7B heads but gave intermittently wrong results,
-# so the op refuses it on CUDA (function.MAX_CUDA_CHUNK).
+# so the op refuses it on CUDA (function.MAX_CUDA_CHUNK). H200, 2026-12-04: num_stages=3 with a
+# one-tile DQK or DV (e.g. 128/128 heads with block_v=128) is refused too (function._check_pipelining);
+# the sweep records the refusal as that candidate's error and goes on.
 CANDIDATES = [
     (64, ChunkwiseConfig(block_v=128)),
     (64, ChunkwiseConfig(block_v=128, num_stages=3)),

@@ -27,6 +27,8 @@ from .state import LayerState, State, init_state
 Form = Literal["chunkwise", "parallel", "recurrent"]
 # (q, k, v, i, f, state | None, chunk_size, eps) -> (h, (C, n, m)); see xlstm_edge.mlstm.mlstm_chunkwise
 ChunkwiseKernel = Callable[..., tuple[Tensor, tuple[Tensor, Tensor, Tensor]]]
+# (wx, R, state | None) -> (y, (y, c, n, m)); see xlstm_edge.slstm.slstm_scan
+SLSTMKernel = Callable[..., tuple[Tensor, tuple[Tensor, Tensor, Tensor, Tensor]]]
 FORMS: tuple[str, ...] = ("chunkwise", "parallel", "recurrent")
 
 
@@ -99,6 +101,9 @@ class sLSTMLayer(nn.Module):  # noqa: N801
         self.recurrent = nn.Parameter(torch.zeros(NH, DH, 4 * DH))
         self.bias = nn.Parameter(torch.zeros(4 * D))  # i | f | z | o
         self.group_norm = MultiHeadLayerNorm(NH, DH, c.norm_eps, c.use_bias)
+        # the scan's implementation: ``slstm_scan`` (PyTorch) unless a kernel is plugged in
+        # (``xLSTMForCausalLM.set_slstm_kernel``), same signature and return
+        self.scan_kernel: SLSTMKernel = slstm_scan
 
     def forward(
         self, x: Tensor, state: LayerState | None, form: Form = "chunkwise", chunk_size: int | None = None
@@ -122,7 +127,7 @@ class sLSTMLayer(nn.Module):  # noqa: N801
         wx = torch.stack([self.igate(x_conv), self.fgate(x_conv), self.zgate(x), self.ogate(x)], dim=2)
         wx = (wx + self.bias.view(4, D)).view(B, S, 4, NH, DH)
         cell_state = None if state is None else (state["y"], state["c"], state["n"], state["m"])
-        y, (y_last, c_last, n_last, m_last) = slstm_scan(wx, self.recurrent, cell_state)
+        y, (y_last, c_last, n_last, m_last) = self.scan_kernel(wx, self.recurrent, cell_state)
         new_state.update(y=y_last, c=c_last, n=n_last, m=m_last)
         return self.group_norm(y.to(x.dtype)), new_state
 
@@ -203,6 +208,12 @@ class xLSTMForCausalLM(nn.Module):  # noqa: N801
         for block in self.backbone.blocks:
             if isinstance(block, mLSTMBlock):
                 block.mlstm_layer.chunkwise_kernel = kernel or mlstm_chunkwise
+
+    def set_slstm_kernel(self, kernel: SLSTMKernel | None) -> None:
+        """Run every sLSTM layer's scan through ``kernel`` (None: the PyTorch loop)."""
+        for block in self.backbone.blocks:
+            if isinstance(block, sLSTMBlock):
+                block.slstm_layer.scan_kernel = kernel or slstm_scan
 
     def init_state(self, batch_size: int = 1, device=None) -> State:
         return init_state(self.config, batch_size, device=device)

@@ -83,16 +83,36 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def pick_chunkwise_kernel(device: torch.device, choice: str):
-    """The chunkwise mLSTM implementation for ``device``: Triton on CUDA, PyTorch on CPU; never silent."""
+def _wants_triton(device: torch.device, choice: str) -> bool:
+    """--kernels: triton on CUDA for auto/triton, PyTorch otherwise; never a silent fallback."""
     if choice == "torch" or (choice == "auto" and device.type != "cuda"):
-        return None
+        return False
     if device.type != "cuda":
         raise click.ClickException("--kernels triton needs a CUDA device")
     from .kernels import dispatch
 
     dispatch.resolve_backend(device, "triton")  # raises (naming the package) when Triton is missing
+    return True
+
+
+def pick_chunkwise_kernel(device: torch.device, choice: str):
+    """The chunkwise mLSTM implementation for ``device``: Triton on CUDA, PyTorch on CPU (None)."""
+    if not _wants_triton(device, choice):
+        return None
+    from .kernels import dispatch
+
     return functools.partial(dispatch.mlstm_chunkwise, backend="triton")
+
+
+def pick_slstm_kernel(device: torch.device, choice: str):
+    """The sLSTM scan for ``device``: the fused Triton kernels (forward and backward) on CUDA, the
+    PyTorch loop on CPU (None). The loop under autocast runs its recurrent products in bfloat16; the
+    kernels keep R, the gates and the state in float32 (as the model's other cells do)."""
+    if not _wants_triton(device, choice):
+        return None
+    from .kernels import dispatch
+
+    return functools.partial(dispatch.slstm_scan, backend="triton")
 
 
 # ---- checkpoint I/O -------------------------------------------------------------------------------
@@ -223,7 +243,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         raise click.ClickException(
             f"tokenizer has {tokenizer.vocab_size} ids but the model's vocab_size is {model.config.vocab_size}")
     model.to(device).train()
-    model.set_chunkwise_kernel(pick_chunkwise_kernel(device, cfg.kernels))
+    chunkwise_kernel = pick_chunkwise_kernel(device, cfg.kernels)
+    slstm_kernel = pick_slstm_kernel(device, cfg.kernels)
+    model.set_chunkwise_kernel(chunkwise_kernel)
+    model.set_slstm_kernel(slstm_kernel)
+    kernel_names = {"mlstm": "triton" if chunkwise_kernel else "torch", "slstm": "triton" if slstm_kernel else "torch"}
 
     files = collect_files(cfg.data) if cfg.data else default_corpus_files()
     corpus = Corpus.from_files(files, tokenizer, cfg.val_fraction)
@@ -253,7 +277,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Path
         log_path.write_text("")
         header = {"event": "start", "config": dataclasses.asdict(cfg), "model": model.config.to_dict(),
                   "params": model.num_params(), "train_tokens": len(corpus.train), "val_tokens": len(corpus.val),
-                  "files": corpus.num_files, "device": str(device), "world_size": world}
+                  "files": corpus.num_files, "device": str(device), "world_size": world,
+                  "kernels": kernel_names}
         with log_path.open("a") as fh:
             fh.write(json.dumps(header) + "\n")
 

@@ -3,10 +3,10 @@
 Shapes as in forward.py (BH = B * NH, NC chunks of L). The gradient splits in two parts:
 
 1. Holding every stabilizer m fixed, h and the final state are sums of exp(log-weight) * products, so
-   the kernels give dq, dk, dv, dC0, dn0 and two per-position dot products, q.dq and k.dk. With those,
-   d i_j = k_j.dk_j and d logf_l = T + sum_{t >= l} (q_t.dq_t - k_t.dk_t), where T = <C_S, dC_S> +
-   n_S.dn_S is the final state's share (the log forget gate of token l scales every term that
-   crosses it; see docs in function.py).
+   the kernels give dq, dk, dv, dC0, dn0 and per-position sums of terms: d i_j = k_j.dk_j, and for
+   d logf_l (the log forget gate of token l scales every term whose source lies before l and whose
+   sink lies at or after l) the terms that cross l, summed directly (gate_grads), never as a
+   difference of large sums that cancel.
 2. The stabilizers cancel between numerator and denominator except in eps (h = NUM / (max(|DEN|, 1) +
    eps e^m) in unstabilized terms) and in the final state (C_S = e^{-m_S} C~). That gradient flows
    along the running max m_t = max(logf_t + m_{t-1}, i_t): a small segmented scan done in PyTorch.
@@ -76,15 +76,6 @@ def _bwd_states_kernel(
         tl.store(dCs_ptr + (bh * NC + c) * DQK * DV + c_tile, dC.to(dCs_ptr.dtype.element_ty))
         if pv == 0:
             tl.store(dns_ptr + (bh * NC + c) * DQK + offs_k, dn)
-        # this tile's share of <C, dC> + n.dn at the end of chunk c (= the start of chunk c + 1;
-        # 0 for the last chunk, whose share the caller takes from the float32 final state)
-        c_end = tl.minimum(c + 1, NC - 1)
-        C_end = tl.load(Cs_ptr + (bh * NC + c_end) * DQK * DV + c_tile).to(tl.float32)
-        share = tl.sum(tl.sum(C_end * dC, axis=1), axis=0)
-        if pv == 0:
-            share += tl.sum(tl.load(ns_ptr + (bh * NC + c_end) * DQK + offs_k) * dn, axis=0)
-        share = tl.where(c + 1 < NC, share, 0.0)
-        tl.store(share_ptr + (tile * tl.num_programs(2) + bh) * NC + c, share)
         t = c * L + offs_t
         mask_t = t < S
         lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
@@ -100,6 +91,13 @@ def _bwd_states_kernel(
         dht = tl.load(dh_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         qa = qt.to(tl.float32) * alpha[:, None]
         decay = tl.exp(g + m_k - m_next)
+        # this tile's part of the chunk-start state's terms that reach past the chunk's end:
+        # decay * (<C_k, dC_end> + n_k . dn_end), C_k's share of every forget-gate gradient in chunk c
+        C_k = tl.load(Cs_ptr + (bh * NC + c) * DQK * DV + c_tile).to(tl.float32)
+        share = tl.sum(tl.sum(C_k * dC, axis=1), axis=0)
+        if pv == 0:
+            share += tl.sum(tl.load(ns_ptr + (bh * NC + c) * DQK + offs_k) * dn, axis=0)
+        tl.store(share_ptr + (tile * tl.num_programs(2) + bh) * NC + c, decay * share)
         # 1/norm goes with q (one rounding to q's dtype), so dh enters the product as given
         qan = (qa / norm[:, None]).to(qt.dtype)
         upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
@@ -118,12 +116,13 @@ def _decay_matrix(b, ig, m_pos, offs_t):
     return tl.exp(log_d - m_pos[:, None])
 
 
-@triton.jit
+# NK, NV: run-time tile counts for one-tile dims, as in forward.py's _fwd_output_kernel (why: there)
+@triton.jit(do_not_specialize=["NK", "NV"])
 def _bwd_inputs_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr,
     Cs_ptr, ns_ptr, ms_ptr, dCs_ptr, dns_ptr,
-    dq_ptr, dk_ptr, dv_ptr, qdq_ptr, kdk_ptr,
-    S, NC, scale,
+    dq_ptr, dk_ptr, dv_ptr, kdk_ptr, cross_ptr, qa_ptr, ke_ptr,
+    S, NC, scale, NK, NV,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
@@ -145,6 +144,8 @@ def _bwd_inputs_kernel(
     dden = tl.load(dden_ptr + bh * S + t, mask=mask_t, other=0.0)
     state_base = (bh * NC + c) * DQK
     dtype = q_ptr.dtype.element_ty
+    n_kt = NK if DQK == BK else DQK // BK  # a one-tile dim loops over a run-time count
+    n_vt = NV if DV == BV else DV // BV
 
     alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
     beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
@@ -152,7 +153,7 @@ def _bwd_inputs_kernel(
     # phase 1: dP = dnum v^T + dden (reduced over DV), masked by the decay matrix. dnum = dh / norm:
     # the products take dh as given and divide in float32 after (no rounding of dnum to q's dtype)
     dp = tl.zeros((L, L), dtype=tl.float32)
-    for vt in range(DV // BV):
+    for vt in range(n_vt):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
@@ -160,54 +161,66 @@ def _bwd_inputs_kernel(
     dp = dp / norm[:, None]
     wdp = (_decay_matrix(b, ig, m_pos, offs_t) * (dp + dden[:, None])).to(dtype)  # d scores^ (up to scale)
 
-    # phase 2: dq and dk, one DQK tile at a time; one accumulator pair live at once
-    qdq = tl.zeros((L,), dtype=tl.float32)
+    # phase 2: dq and dk, one DQK tile at a time; one accumulator pair live at once. kdk = k.dk (d i);
+    # qa_t = q_t . (C_k's part of dq_t), ke_j = k_j . (dC_end's part of dk_j): forget-gate terms
     kdk = tl.zeros((L,), dtype=tl.float32)
-    for kt in range(DQK // BK):
+    qa = tl.zeros((L,), dtype=tl.float32)
+    ke = tl.zeros((L,), dtype=tl.float32)
+    for kt in range(n_kt):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dh C_k^T (dnum C_k^T times norm)
-        for vt in range(DV // BV):
+        for vt in range(n_vt):
             offs_v = vt * BV + tl.arange(0, BV)
             dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
             ct = tl.load(Cs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
             dq_inter += tl.dot(dht, tl.trans(ct), input_precision=DOT_PREC)
         nk = tl.load(ns_ptr + state_base + offs_k)
-        dq = tl.dot(wdp, kk, input_precision=DOT_PREC)
-        dq = (dq + alpha[:, None] * (dq_inter / norm[:, None] + dden[:, None] * nk[None, :])) * scale
-        qdq += tl.sum(qt.to(tl.float32) * dq, axis=1)
+        dq_x = alpha[:, None] * (dq_inter / norm[:, None] + dden[:, None] * nk[None, :]) * scale
+        qa += tl.sum(qt.to(tl.float32) * dq_x, axis=1)
+        dq = tl.dot(wdp, kk, input_precision=DOT_PREC) * scale + dq_x
         tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
         dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
-        for vt in range(DV // BV):
+        for vt in range(n_vt):
             offs_v = vt * BV + tl.arange(0, BV)
             vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
             dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
             dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
         dnk = tl.load(dns_ptr + state_base + offs_k)
-        dk = tl.dot(tl.trans(wdp), qt, input_precision=DOT_PREC) * scale
-        dk += beta[:, None] * (dk_inter + dnk[None, :])
+        dk_x = beta[:, None] * (dk_inter + dnk[None, :])
+        ke += tl.sum(kk.to(tl.float32) * dk_x, axis=1)
+        dk = tl.dot(tl.trans(wdp), qt, input_precision=DOT_PREC) * scale + dk_x
         kdk += tl.sum(kk.to(tl.float32) * dk, axis=1)
         tl.store(dk_ptr + row_k + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mask_t[:, None])
-    tl.store(qdq_ptr + bh * S + t, qdq, mask=mask_t)
     tl.store(kdk_ptr + bh * S + t, kdk, mask=mask_t)
+    tl.store(qa_ptr + bh * S + t, qa, mask=mask_t)
+    tl.store(ke_ptr + bh * S + t, ke, mask=mask_t)
 
     # phase 3: scores q^ k^T (reduced over DQK), masked by the decay matrix
     scores = tl.zeros((L, L), dtype=tl.float32)
-    for kt in range(DQK // BK):
+    for kt in range(n_kt):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         scores += tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
+    # the forget-gate terms inside the chunk: pair (t, j) adds M_tj = wdp_tj * s_tj to d logf_l for
+    # every j < l <= t: cross_l = sum over j < l of (sum over t >= l of M_tj), a suffix sum down each
+    # column, then a masked sum along row l. No difference of sums: an exclusive scan written as
+    # cumsum - M left the rounding of M (fused into an FMA on the GPU) where the true sum is 0
+    pair = wdp.to(tl.float32) * scores * scale
+    after = tl.cumsum(pair, axis=0, reverse=True)  # [l, j]: sum over t >= l of M_tj
+    cross = tl.sum(tl.where(offs_t[None, :] < offs_t[:, None], after, 0.0), axis=1)
+    tl.store(cross_ptr + bh * S + t, cross, mask=mask_t)
     # row i of ws divided by norm_i: dv = ws^T dnum = (ws / norm)^T dh, dh as given
     ws = (_decay_matrix(b, ig, m_pos, offs_t) * scores * (scale / norm[:, None])).to(dtype)
 
     # phase 4: dv, one DV tile at a time
-    for vt in range(DV // BV):
+    for vt in range(n_vt):
         offs_v = vt * BV + tl.arange(0, BV)
         dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         dv_inter = tl.zeros((L, BV), dtype=tl.float32)  # k dC_{k+1}
-        for kt in range(DQK // BK):
+        for kt in range(n_kt):
             offs_k = kt * BK + tl.arange(0, BK)
             kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
             dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
@@ -240,8 +253,9 @@ def chunk_states_bwd(
     """Level 1 backward. Cs, ns: the chunk-start states of the forward pass.
 
     Returns dCs (BH,NC,DQK,DV) in q's dtype and dns (BH,NC,DQK): gradients of the state at the end of
-    every chunk; dC0 (BH,DQK,DV), dn0 (BH,DQK) float32; and shares (BH,NC) float32: <C, dC> + n.dn at
-    the end of every chunk but the last (0 there), the forget gates' share from the chunks after it."""
+    every chunk; dC0 (BH,DQK,DV), dn0 (BH,DQK) float32; and shares (BH,NC) float32: decay_c (<C_c,
+    dC_c+1> + n_c.dn_c+1), the terms from the chunk-start state c that reach past chunk c's end (with
+    the final state's gradient for the last chunk), a part of every forget-gate gradient in chunk c."""
     BH, S, DQK = q.shape
     DV = dh.shape[-1]
     NC = ms.shape[1] - 1
@@ -267,51 +281,58 @@ def chunk_inputs_bwd(
     dden: Tensor, Cs: Tensor, ns: Tensor, ms: Tensor, dCs: Tensor, dns: Tensor,
     chunk_size: int, config: ChunkwiseConfig,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Level 2 backward. Returns dq, dk (BH,S,DQK), dv (BH,S,DV) in q's dtype, q.dq and k.dk (BH,S)."""
+    """Level 2 backward. Returns dq, dk (BH,S,DQK), dv (BH,S,DV) in q's dtype, and (BH,S) float32: k.dk,
+    cross (the chunk's own pairs (t, j) with j < l <= t, summed per l), qa_t (q_t . the chunk-start
+    state's part of dq_t) and ke_j (k_j . the chunk-end state gradient's part of dk_j)."""
     BH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = Cs.shape[1]
     BK, BV = pick_blocks(DQK, DV, config)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    qdq = torch.empty(BH, S, device=q.device, dtype=torch.float32)
-    kdk = torch.empty_like(qdq)
+    kdk, cross, qa, ke = (torch.empty(BH, S, device=q.device, dtype=torch.float32) for _ in range(4))
     _bwd_inputs_kernel[(NC, BH)](
-        q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, qdq, kdk,
-        S, NC, DQK**-0.5,
+        q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, kdk, cross, qa, ke,
+        S, NC, DQK**-0.5, DQK // BK, DV // BV,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
         num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
     )  # fmt: skip
-    return dq, dk, dv, qdq, kdk
+    return dq, dk, dv, kdk, cross, qa, ke
 
 
 def gate_grads(
-    lf: Tensor, ig: Tensor, m0: Tensor, m_pos: Tensor, qdq: Tensor, kdk: Tensor, dm_pos: Tensor,
-    chunk_shares: Tensor, chunk_size: int, final_share: Tensor | None, dm_final: Tensor | None,
+    lf: Tensor, ig: Tensor, m0: Tensor, m_pos: Tensor, kdk: Tensor, cross: Tensor, qa: Tensor, ke: Tensor,
+    dm_pos: Tensor, chunk_shares: Tensor, chunk_size: int, final_share: Tensor | None, dm_final: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients of the gate pre-activations from the kernels' dot products and the stabilizer path.
+    """Gradients of the gate pre-activations from the kernels' sums and the stabilizer path.
 
-    lf, ig, m_pos, qdq, kdk, dm_pos: (BH, S) float32; m0 (BH,) the initial stabilizer; chunk_shares
-    (BH, NC) from ``chunk_states_bwd``; final_share (BH,) = <C_S, dC_S> + n_S.dn_S (None without
-    final-state gradients); dm_final (BH,) the incoming gradient of the final m (or None). Returns
-    d logf (BH,S), d i (BH,S), d m0 (BH,): the last one only the stabilizer-path share (the caller
-    adds <C0, dC0> + n0.dn0).
+    lf, ig, m_pos, kdk, cross, qa, ke, dm_pos: (BH, S) float32 (``chunk_inputs_bwd``'s sums); m0 (BH,)
+    the initial stabilizer; chunk_shares (BH, NC) from ``chunk_states_bwd``; final_share (BH,) =
+    <C_S, dC_S> + n_S.dn_S (None without final-state gradients); dm_final (BH,) the incoming gradient of
+    the final m (or None). Returns d logf (BH,S), d i (BH,S), d m0 (BH,): the last one only the
+    stabilizer-path share (the caller adds <C0, dC0> + n0.dn0).
 
-    d logf_l = sum over t >= l of (q_t.dq_t - k_t.dk_t) + final_share. Summed over the whole sequence,
-    those terms cancel chunk after chunk (each chunk's sum is the difference of the shares at its two
-    ends), and in bfloat16 their rounding errors do not: the error grew with the number of chunks.
-    So the sum stops at the end of l's chunk and the share there, <C, dC> + n.dn from the state
-    kernels' float32 accumulators, stands for everything after it.
+    d logf_l, for l in chunk c, is the sum of the terms that cross l: cross_l (pairs inside the chunk),
+    qa_t for t >= l in the chunk (the chunk-start state into outputs after l), ke_j for j < l in the
+    chunk (tokens before l into the chunk-end state and everything after it), and chunk_shares[c] (the
+    chunk-start state past the chunk's end). Every term enters once, as computed: the earlier form,
+    sum over t >= l of (q_t.dq_t - k_t.dk_t) plus a share, was a difference of sums of all terms, and
+    where the gradient is small (S below a chunk, S = 1: only eps keeps it from 0) its rounding errors
+    were larger than the gradient itself.
     """
     BH, S = lf.shape
     NC = chunk_shares.shape[1]
     L = chunk_size
+
+    def per_chunk(x: Tensor) -> Tensor:  # (BH, S) -> (BH, NC, L), zero-padded
+        out = torch.zeros(BH, NC * L, device=x.device, dtype=torch.float32)
+        out[:, :S] = x
+        return out.view(BH, NC, L)
+
     # part 1, every m held fixed
-    diff = torch.zeros(BH, NC * L, device=lf.device, dtype=torch.float32)
-    diff[:, :S] = qdq - kdk
-    ends = chunk_shares.clone()
-    if final_share is not None:
-        ends[:, -1] += final_share
-    within = diff.view(BH, NC, L).flip(-1).cumsum(-1).flip(-1) + ends[:, :, None]
+    qa_after = per_chunk(qa).flip(-1).cumsum(-1).flip(-1)  # sum over t >= l in l's chunk
+    ke_c = per_chunk(ke)
+    ke_before = ke_c.cumsum(-1) - ke_c  # sum over j < l in l's chunk
+    within = per_chunk(cross) + qa_after + ke_before + chunk_shares[:, :, None]
     dlf = within.view(BH, NC * L)[:, :S].contiguous()
     di = kdk.clone()
     # part 2: the running max m_t = max(lf_t + m_{t-1}, i_t), backwards

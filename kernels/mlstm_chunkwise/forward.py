@@ -39,9 +39,11 @@ class ChunkwiseConfig:
     num_warps_states: warps of the state kernels (0 = 8 for 64 x 128 tiles and up, else 4);
     num_warps_output: warps of the per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4
     the backward one spills at DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
-    num_stages: software pipelining depth of every kernel's loops. 3 ran 7% faster at 7B heads on an
-    H100 but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h off by 15%) and ran out of
-    shared memory in float32; bench/kernels.py checks every configuration it times.
+    num_stages: software pipelining depth of every kernel's loops. 3 ran 7-11% faster at 7B heads
+    (H100, H200) but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h off by 15%) and ran
+    out of shared memory in float32, and with a one-tile DQK or DV (a loop over a run-time count, see
+    _fwd_output_kernel) gave wrong results at 64/64 heads: the op refuses that on CUDA.
+    bench/kernels.py checks every configuration it times.
     """
 
     block_k: int = 0
@@ -162,12 +164,23 @@ def _fwd_states_kernel(
         tl.store(ms_ptr + bh * (NC + 1) + NC, m)
 
 
-@triton.jit
+# NK = DQK / BK and NV = DV / BV, run-time arguments of the per-chunk kernels, never specialised: a
+# dim of one tile loops over NK (or NV) = 1 unknown at compile time, so its loop stays a loop; a dim of
+# several tiles loops over the constant DQK // BK as before. With a constant count of 1 (DQK == BK or
+# DV == BV, e.g. the demo model's 32 / 64 heads) the loop is folded away, and Triton 3.6 then sees an
+# L x L product feeding another product in straight-line code: its chained-dot rule ("all warps along
+# M", warpsPerTileV3) puts 8 warps, two warpgroups, on a 64-row wgmma tile, and the second
+# warpgroup's shared-memory operand descriptors point 64 rows past the 64 x 32 q / k tile: an
+# out-of-range shared read on an H200 (compute-sanitizer: HGMMA.64x32x16 by threads 128..255) or
+# another buffer's data (dv wrong by 130% where it did not crash). Inside a loop the rule does not
+# fire (a forward slice stops at scf.yield). Run-time counts for every dim were tried and rejected:
+# with num_stages=3 they gave wrong h and gradients at 7B heads (h off by 5%), constant counts do not.
+@triton.jit(do_not_specialize=["NK", "NV"])
 def _fwd_output_kernel(
     q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr,
     Cs_ptr, ns_ptr, ms_ptr,
     h_ptr, mpos_ptr, den_ptr,
-    S, NC, scale, eps,
+    S, NC, scale, eps, NK, NV,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):  # fmt: skip
@@ -182,10 +195,13 @@ def _fwd_output_kernel(
     m_k = tl.load(ms_ptr + bh * (NC + 1) + c)
     state_base = (bh * NC + c) * DQK
 
+    n_kt = NK if DQK == BK else DQK // BK  # a one-tile dim loops over a run-time count
+    n_vt = NV if DV == BV else DV // BV
+
     # scores q k^T and q . n_k, reduced over DQK tiles
     scores = tl.zeros((L, L), dtype=tl.float32)
     qn = tl.zeros((L,), dtype=tl.float32)
-    for kt in range(DQK // BK):
+    for kt in range(n_kt):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
@@ -209,12 +225,12 @@ def _fwd_output_kernel(
 
     p = p.to(v_ptr.dtype.element_ty)
     inter_scale = alpha * scale
-    for vt in range(DV // BV):
+    for vt in range(n_vt):
         offs_v = vt * BV + tl.arange(0, BV)
         vv = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         acc = tl.dot(p, vv, input_precision=DOT_PREC)
         qc = tl.zeros((L, BV), dtype=tl.float32)
-        for kt in range(DQK // BK):
+        for kt in range(n_kt):
             offs_k = kt * BK + tl.arange(0, BK)
             qt = tl.load(
                 q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0
@@ -272,7 +288,7 @@ def chunk_output_fwd(
     m_pos = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     den = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     _fwd_output_kernel[(NC, BH)](
-        q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps,
+        q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps, DQK // BK, DV // BV,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
         num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
     )  # fmt: skip

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..common import KERNEL_DTYPES, check_float, check_shape, check_triton_device, is_pow2
 from .backward import chunk_inputs_bwd, chunk_states_bwd, gate_grads, output_grad_terms
-from .forward import ChunkwiseConfig, chunk_output_fwd, chunk_states_fwd
+from .forward import ChunkwiseConfig, chunk_output_fwd, chunk_states_fwd, pick_blocks
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # (C, n, m)
 # Largest chunk on CUDA. L = 128 (L x L float32 tiles in the per-chunk kernels) compiled on an H100
@@ -90,13 +90,13 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
         dCs, dns, dC0, dn0, chunk_shares = chunk_states_bwd(
             qf, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, dfinal, L, cfg
         )
-        dq, dk, dv, qdq, kdk = chunk_inputs_bwd(
+        dq, dk, dv, kdk, cross, qa, ke = chunk_inputs_bwd(
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg
         )
         del Cs, dCs
         m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
         dlf, di, dm0 = gate_grads(
-            lf, ig, m_init, m_pos, qdq, kdk, dm_pos, chunk_shares, L, final_share, dm_final
+            lf, ig, m_init, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
         )
         df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
         grads_init = (None, None, None)
@@ -160,6 +160,20 @@ def _validate(q, k, v, i, f, state, chunk_size) -> None:
     check_triton_device(name, q)
 
 
+def _check_pipelining(q: Tensor, v: Tensor, config: ChunkwiseConfig) -> None:
+    """Refuse num_stages > 2 on CUDA when DQK or DV is a single tile of the per-chunk kernels: those
+    loops run over a run-time count (forward.py says why), and with Triton 3.6 on an H200 such loops
+    pipelined 3 deep gave wrong results (64 / 64 heads: h off by 9%, dv by 11%; 2026-12-04)."""
+    DQK, DV = q.shape[-1], v.shape[-1]
+    bk, bv = pick_blocks(DQK, DV, config)
+    if q.device.type == "cuda" and config.num_stages > 2 and (bk == DQK or bv == DV):
+        raise ValueError(
+            f"mlstm_chunkwise_triton: num_stages {config.num_stages} is refused on CUDA when DQK ({DQK}) or DV "
+            f"({DV}) is a single tile (block_k {bk}, block_v {bv}): with Triton 3.6 it gave wrong results "
+            "(h off by 9% at 64/64 heads); use num_stages 2 (the default) or tiles that split both dims"
+        )
+
+
 def mlstm_chunkwise_triton(
     q: Tensor,
     k: Tensor,
@@ -188,7 +202,9 @@ def mlstm_chunkwise_triton(
         >>> h, (C, n, m) = mlstm_chunkwise_triton(q, k, v, i, f, return_state=True)  # doctest: +SKIP
     """
     _validate(q, k, v, i, f, state, chunk_size)
-    settings = _Settings(chunk_size=chunk_size, eps=eps, config=config or ChunkwiseConfig())
+    config = config or ChunkwiseConfig()
+    _check_pipelining(q, v, config)
+    settings = _Settings(chunk_size=chunk_size, eps=eps, config=config)
     q, k, v, i, f = (t.contiguous() for t in (q, k, v, i, f))
     C0 = n0 = m0 = None
     if state is not None:

@@ -72,6 +72,8 @@ def compare(op, inputs, state, chunk_size, return_state, config=None, reference=
         (37, 32, True, True, (16, 16)),  # second chunk size, initial state, DQK and DV tiled by 16
         (20, 16, True, False, (0, 0)),  # no final-state gradients
         (1, 16, True, True, (0, 0)),  # a single token
+        (1, 16, False, False, (0, 0)),  # a single token, no state: d f comes through eps alone
+        (11, 32, False, False, (0, 0)),  # S below a chunk, no state (the training path)
     ],
 )
 def test_matches_float64(seed, S, chunk_size, with_state, return_state, tiles):
