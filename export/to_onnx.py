@@ -1,13 +1,16 @@
 """ONNX: one ``.onnx`` file per method (``step.onnx``, ``prefill.onnx``), dynamo exporter, opset 20.
 
-Batch is dynamic (symbol "batch"); every other dim is static. The graphs' weights then move to one
-shared ``weights.bin`` (``onnx_weights.share_weights``): the package holds them once, and no graph
-file meets protobuf's 2 GB limit (the exporter itself writes ``<name>.onnx.data`` above it).
+Batch is dynamic (symbol "batch"); every other dim is static. The exporter writes each graph's
+weights to ``<name>.onnx.data``; they then move to one shared ``weights.bin``
+(``onnx_weights.share_weights``): the package holds them once. Float32 and quantized graphs come out
+of this one exporter (a quantized model brings its ``Lowering``).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +22,7 @@ from xlstm_edge.model import xLSTMForCausalLM
 from .metadata import BATCH, GraphEntry
 from .step_module import PrefillModule, StepModule, example_inputs, graph_entry, input_names, output_names
 
-EXTERNAL_DATA_BYTES = 1_800_000_000  # a little under protobuf's 2 GiB, leaving room for the graph itself
 OPSET = 20
-
-
-def weight_bytes(model: nn.Module) -> int:
-    """Bytes of the model's distinct parameters and buffers (an int8 weight is a buffer)."""
-    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    return sum(t.numel() * t.element_size() for t in tensors.values())
 
 
 def _dynamic_batch(args: tuple[Tensor, ...], n_leading: int, max_batch: int):
@@ -35,18 +31,36 @@ def _dynamic_batch(args: tuple[Tensor, ...], n_leading: int, max_batch: int):
     return (*({0: batch} for _ in args[:n_leading]), tuple({0: batch} for _ in args[n_leading:]))
 
 
+@dataclass(frozen=True)
+class Lowering:
+    """How a transform (quantization) takes part in the one ONNX export: custom-op translations, a
+    constant-folding limit (so that a weight expression is not folded back into float32), and a pass
+    over the saved graph file (e.g. replacing placeholder ops, reading weights one at a time)."""
+
+    translation_table: dict | None = None
+    fold_limit: int | None = None
+    after_save: Callable[[Path], object] | None = None
+
+
 def export_onnx_method(
-    model: xLSTMForCausalLM, method: str, tokens_per_call: int, path: Path, max_batch: int = 1024
+    model: xLSTMForCausalLM, method: str, tokens_per_call: int, path: Path, max_batch: int = 1024,
+    lowering: Lowering | None = None,
 ) -> GraphEntry:
-    """Export ``method`` ("step" | "prefill") to ``path``; return its manifest entry (file = path.name)."""
+    """Export ``method`` ("step" | "prefill") to ``path``; return its manifest entry (file = path.name).
+
+    Weights always go to a data file beside the graph, tensor by tensor (``share_graph_weights`` then
+    moves them into the package's one weights file): serializing them into the graph's own protobuf
+    would hold the whole model in memory twice more (and meet protobuf's 2 GB limit). ``lowering``:
+    a quantized model's custom ops and passes (``quant.onnx_backend.LOWERING``).
+    """
     prefill = method == "prefill"
     # norms spelled so that ONNX Runtime fuses each into one node (ExportLM)
     module = PrefillModule(model, tokens_per_call, fused_norms=True) if prefill else StepModule(model, fused_norms=True)
     args = example_inputs(model, 2, tokens_per_call, prefill)  # batch 2: a size-1 dim would be specialized
-    # weights always go to a data file beside the graph, tensor by tensor (``share_graph_weights``
-    # then moves them into the package's one weights file): serializing them into the graph's own
-    # protobuf would hold the whole model in memory twice more (and meet protobuf's 2 GB limit)
-    external = True
+    custom = lowering is not None and lowering.fold_limit is not None
+    extra: dict[str, Any] = {}
+    if lowering is not None and lowering.translation_table is not None:
+        extra["custom_translation_table"] = lowering.translation_table
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecated pytree calls
         program = torch.onnx.export(
@@ -57,10 +71,22 @@ def export_onnx_method(
             input_names=input_names(model, prefill),
             output_names=output_names(model),
             dynamic_shapes=_dynamic_batch(args, 2 if prefill else 1, max_batch),
-            external_data=external,
+            external_data=True,
+            optimize=not custom,
             verbose=False,
+            **extra,
         )
-        program.save(str(path), external_data=external)
+        if custom:
+            import onnxscript.optimizer
+
+            assert lowering is not None and lowering.fold_limit is not None
+            onnxscript.optimizer.optimize(program.model, input_size_limit=lowering.fold_limit,
+                                          output_size_limit=lowering.fold_limit)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        program.save(str(path), external_data=True)
+    del program
+    if lowering is not None and lowering.after_save is not None:
+        lowering.after_save(path)
     return graph_entry(model, method, tokens_per_call, path.name)
 
 

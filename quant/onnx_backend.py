@@ -8,84 +8,34 @@ Graph I/O follows the package contract (``export/metadata.py``): named inputs ``
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-import onnxscript.optimizer
-import torch
 from torch import nn
-from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs, input_names, output_names
-from xlstm_edge.export.to_onnx import EXTERNAL_DATA_BYTES, weight_bytes
+from xlstm_edge.export.to_onnx import Lowering
 from xlstm_edge.runtime.graphs import OrtGraph  # noqa: F401  (the one ONNX graph runner)
 
 from .handler import QuantizationError
 from .onnx_ops import PLACEHOLDER_DOMAIN, translation_table
 
-OPSET = 20
 FOLD_LIMIT = 256  # elements: fold scalars and small constants, never a weight
 # ops that carry int8 / uint8 values; a state tensor must never feed one directly
 QUANT_OPS = ("MatMulInteger", "QuantizeLinear", "DynamicQuantizeLinear", "MatMulIntegerToFloat",
              "DynamicQuantizeMatMul", "MatMulNBits")
 
 
-def _module(model: nn.Module, method: str, tokens_per_call: int) -> nn.Module:
-    """The graph module, norms spelled for ONNX Runtime's fusions (as ``export.to_onnx``)."""
-    return (StepModule(model, fused_norms=True) if method == "step"
-            else PrefillModule(model, tokens_per_call, fused_norms=True))
-
-
 def export_graph(model: nn.Module, method: str, tokens_per_call: int, path: Path) -> Path:
-    """Export the (quantized) model's ``method`` graph ("step" or "prefill") to ``path`` (.onnx).
+    """Export the quantized model's ``method`` graph ("step" or "prefill") to ``path`` (.onnx) through the
+    one ONNX exporter (``export.to_onnx.export_onnx_method``) with this scheme's ``LOWERING``: the custom
+    ops translated (``onnx_ops``), constant folding limited to ``FOLD_LIMIT`` elements (at its defaults
+    the optimizer turns an int8-weight Linear's ``Cast(W) * scales`` and small int8 tables back into
+    float32 initializers, undoing the 4x smaller file; ONNX Runtime folds those weight expressions
+    itself when it loads the graph), then ``lower_linear_blocks_file`` on the saved graph.
+    The weights stay in data files beside the graph (the package merges them into its shared file)."""
+    from xlstm_edge.export.to_onnx import export_onnx_method
 
-    The exporter's optimizer runs with constant folding limited to ``FOLD_LIMIT`` elements: at its
-    defaults it turns an int8-weight Linear's ``Cast(W) * scales`` (and small int8 tables) back into
-    float32 initializers, undoing the 4x smaller file. ONNX Runtime folds those weight expressions
-    itself when it loads the graph (in memory, where int8-weight is float32 by design).
-    Above ``EXTERNAL_DATA_BYTES`` of weights (parameters and buffers: an int8 weight is a buffer; the
-    float32 export's limit, under protobuf's 2 GiB) the tensors go to ``<file>.data`` beside the graph
-    (the package then merges them into its shared weights file).
-    """
-    external = weight_bytes(model) > EXTERNAL_DATA_BYTES
-    prefill = method == "prefill"
-    module = _module(model, method, tokens_per_call)
-    args = example_inputs(model, 2, tokens_per_call, prefill)
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    n_fixed = 2 if prefill else 1
-    dynamic_shapes = (*({0: batch} for _ in range(n_fixed)), tuple({0: batch} for _ in args[n_fixed:]))
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's deprecation and axis-renaming chatter
-        program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=OPSET,
-            input_names=input_names(model, prefill), output_names=output_names(model),
-            dynamic_shapes=dynamic_shapes, custom_translation_table=translation_table(),
-            optimize=False, verbose=False,
-        )
-        onnxscript.optimizer.optimize(program.model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    program.save(str(path), external_data=external)
-    import onnx
-
-    model = onnx.load(str(path))  # with its external tensors, if any
-    strip_debug_info(model)
-    lower_linear_blocks(model)
-    data = path.with_name(path.name + ".data")
-    if external:
-        data.unlink(missing_ok=True)  # the exporter's file: rewritten whole, never appended to
-    onnx.save(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
-              location=data.name, size_threshold=1024)
+    export_onnx_method(model, method, tokens_per_call, path, lowering=LOWERING)
     return path
-
-
-def strip_debug_info(model) -> None:
-    """Drop the exporter's per-node metadata (stack traces, FX node text, name scopes) and doc strings.
-
-    They hold no computation and, for a small model, outweigh its int8 weights (~0.5 KB per node).
-    """
-    for node in model.graph.node:
-        del node.metadata_props[:]
-        node.doc_string = ""
-    del model.graph.value_info[:]
 
 
 def pack_matmulnbits(q, scales, block_size: int, bits: int):
@@ -115,40 +65,81 @@ def pack_matmulnbits(q, scales, block_size: int, bits: int):
     return np.ascontiguousarray(u), np.ascontiguousarray(s.reshape(-1))
 
 
-def lower_linear_blocks(model) -> int:
-    """Replace every ``xlstm_quant.LinearBlock`` placeholder by ``com.microsoft.MatMulNBits`` (accuracy level
-    4), its weight and scales initializers packed (``pack_matmulnbits``). Returns the count; raises
-    ``QuantizationError`` if a placeholder's weight or scales is not an initializer."""
-    import onnx
+def _initializer_array(tensor, base: Path):
+    """An initializer as a numpy array, read from its external data file if it has one (only it)."""
+    import numpy as np
     from onnx import helper, numpy_helper
+    from onnx.onnx_pb import TensorProto
+    from xlstm_edge.export.onnx_weights import _tensor_bytes
 
+    if tensor.data_location != TensorProto.EXTERNAL:
+        return numpy_helper.to_array(tensor)
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return np.frombuffer(_tensor_bytes(tensor, base), dtype=dtype).reshape(tuple(tensor.dims))
+
+
+def lower_linear_blocks_file(path: Path) -> int:
+    """Replace every ``xlstm_quant.LinearBlock`` placeholder of the graph file at ``path`` by
+    ``com.microsoft.MatMulNBits`` (accuracy level 4), its weight and scales packed (``pack_matmulnbits``).
+
+    Reads one weight at a time from the graph's external data and writes the packed tensors to
+    ``<name>.nbits`` beside it (the package's ``share_weights`` merges every data file into one), so
+    memory stays at one weight, whatever the model's size. Returns the count; raises
+    ``QuantizationError`` if a placeholder's weight or scales is not an initializer.
+    """
+    import onnx
+    from onnx import helper
+    from onnx.onnx_pb import TensorProto
+
+    base = path.parent
+    model = onnx.load(str(path), load_external_data=False)
     g = model.graph
     inits = {i.name: i for i in g.initializer}
+    nbits_name = path.name + ".nbits"
     nodes, count = [], 0
-    for node in g.node:
-        if node.domain != PLACEHOLDER_DOMAIN:
-            nodes.append(node)
-            continue
-        if node.op_type != "LinearBlock":
-            raise QuantizationError(f"unknown placeholder op {node.domain}.{node.op_type}")
-        x, w_name, s_name = node.input
-        if w_name not in inits or s_name not in inits:
-            raise QuantizationError(f"{node.name}: weight {w_name} / scales {s_name} are not initializers")
-        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        bits, block = int(attrs["bits"]), int(attrs["block_size"])
-        q = numpy_helper.to_array(inits[w_name])
-        packed, scales = pack_matmulnbits(q, numpy_helper.to_array(inits[s_name]), block, bits)
-        b_name, sc_name = f"{w_name}.nbits{bits}b{block}", f"{s_name}.nbits{bits}b{block}"
-        if b_name not in inits:
-            inits[b_name] = numpy_helper.from_array(packed, b_name)
-            inits[sc_name] = numpy_helper.from_array(scales, sc_name)
-            g.initializer.extend([inits[b_name], inits[sc_name]])
-        nodes.append(helper.make_node(
-            "MatMulNBits", [x, b_name, sc_name], list(node.output), name=node.name, domain="com.microsoft",
-            K=q.shape[1], N=q.shape[0], bits=bits, block_size=block, accuracy_level=4,
-        ))
-        count += 1
+    with open(base / nbits_name, "wb") as data:
+
+        def external(name: str, array) -> onnx.TensorProto:
+            import numpy as np
+
+            pad = -data.tell() % 64
+            data.write(b"\0" * pad)
+            offset = data.tell()
+            raw = np.ascontiguousarray(array).tobytes()
+            data.write(raw)
+            tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                                 dims=list(array.shape), data_location=TensorProto.EXTERNAL)
+            for k, v in (("location", nbits_name), ("offset", str(offset)), ("length", str(len(raw)))):
+                entry = tensor.external_data.add()
+                entry.key, entry.value = k, v
+            return tensor
+
+        for node in g.node:
+            if node.domain != PLACEHOLDER_DOMAIN:
+                nodes.append(node)
+                continue
+            if node.op_type != "LinearBlock":
+                raise QuantizationError(f"unknown placeholder op {node.domain}.{node.op_type}")
+            x, w_name, s_name = node.input
+            if w_name not in inits or s_name not in inits:
+                raise QuantizationError(f"{node.name}: weight {w_name} / scales {s_name} are not initializers")
+            attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+            bits, block = int(attrs["bits"]), int(attrs["block_size"])
+            q = _initializer_array(inits[w_name], base)
+            b_name, sc_name = f"{w_name}.nbits{bits}b{block}", f"{s_name}.nbits{bits}b{block}"
+            if b_name not in inits:
+                packed, scales = pack_matmulnbits(q, _initializer_array(inits[s_name], base), block, bits)
+                inits[b_name] = external(b_name, packed)
+                inits[sc_name] = external(sc_name, scales)
+                g.initializer.extend([inits[b_name], inits[sc_name]])
+            nodes.append(helper.make_node(
+                "MatMulNBits", [x, b_name, sc_name], list(node.output), name=node.name, domain="com.microsoft",
+                K=q.shape[1], N=q.shape[0], bits=bits, block_size=block, accuracy_level=4,
+            ))
+            count += 1
+            del q
     if not count:
+        (base / nbits_name).unlink()
         return 0
     del g.node[:]
     g.node.extend(nodes)
@@ -162,6 +153,7 @@ def lower_linear_blocks(model) -> int:
     for f in list(model.functions):
         if f.domain == PLACEHOLDER_DOMAIN:
             model.functions.remove(f)
+    onnx.save(model, str(path))  # the graph only: its tensors stay where their external_data says
     return count
 
 
@@ -199,6 +191,10 @@ def inspect_graph(path: Path) -> dict[str, Any]:
         "integer_ops": op_counts,
         "int8_initializers": len(int_inits),
     }
+
+
+LOWERING = Lowering(translation_table=translation_table(), fold_limit=FOLD_LIMIT,
+                    after_save=lower_linear_blocks_file)
 
 
 def onnx_versions() -> dict[str, str]:

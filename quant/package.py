@@ -53,6 +53,7 @@ from .verify import (
     EagerGraph,
     Parity,
     prefill_parity,
+    rel_error,
     require_tight,
     require_within,
     step_parity,
@@ -195,17 +196,12 @@ def check_source(package: Path, manifest: md.Manifest, source: WeightSource, num
         logits.append(out[0][0])
         state = out[1:]
     ref, ref_state = streamed_forward(source, ids, dtype=torch.float32)
-    errs = [_rel(torch.stack(logits), ref), *(_rel(a[0], b[0]) for a, b in zip(state, ref_state, strict=True))]
+    errs = [rel_error(torch.stack(logits), ref), *(rel_error(a[0], b[0]) for a, b in zip(state, ref_state, strict=True))]
     worst = max(errs)
     if not worst <= SOURCE_CHECK_REL_ERR:
         raise QuantizationError(f"{what} are not the package's: its step graph differs from the model they "
                                 f"make by {worst:.2e} (relative)")
     return worst
-
-
-def _rel(a: torch.Tensor, ref: torch.Tensor) -> float:
-    ref = ref.double()
-    return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def check_tight(graph_dir: Path, manifest: md.Manifest, int8: nn.Module, prompt: torch.Tensor,
@@ -237,16 +233,17 @@ def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path) -> tuple[d
     """
     facts: dict[str, Any] = {}
     if manifest.backend == "onnxruntime":
-        from xlstm_edge.export.onnx_weights import DATA_NAME, share_weights
+        from xlstm_edge.export.to_onnx import share_graph_weights
 
         from .onnx_backend import export_graph, inspect_graph
 
-        paths = [export_graph(qmodel, key, entry.tokens_per_call, out / entry.file)
-                 for key, entry in manifest.graphs.items()]
-        share_weights(paths, DATA_NAME)
-        for key, path in zip(manifest.graphs, paths, strict=True):
-            facts[key] = inspect_graph(path)
-        return facts, {k: dataclasses.replace(e, data_file=DATA_NAME) for k, e in manifest.graphs.items()}
+        graphs = {key: dataclasses.replace(entry) for key, entry in manifest.graphs.items()}
+        for key, entry in graphs.items():
+            export_graph(qmodel, key, entry.tokens_per_call, out / entry.file)
+        share_graph_weights(out, graphs)
+        for key, entry in graphs.items():
+            facts[key] = inspect_graph(out / entry.file)
+        return facts, graphs
     from .executorch_backend import PteMethod, export_program, inspect_method
 
     by_file: dict[str, dict[str, tuple[str, int]]] = {}

@@ -44,7 +44,7 @@ class EagerGraph:
         return list(self.module(*inputs))
 
 
-def _rel(a: Tensor, ref: Tensor) -> float:
+def rel_error(a: Tensor, ref: Tensor) -> float:
     ref = ref.double()
     return float((a.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
@@ -80,10 +80,10 @@ class _Tracker:
         self.per_call: list[float] = []
 
     def add(self, out: list[Tensor], ref: list[Tensor]) -> None:
-        logits = _rel(out[0], ref[0])
-        state = max(_rel(o, r) for o, r in zip(out[1:], ref[1:], strict=True))
+        logits = rel_error(out[0], ref[0])
+        state = max(rel_error(o, r) for o, r in zip(out[1:], ref[1:], strict=True))
         self.logits, self.state = max(self.logits, logits), max(self.state, state)
-        self.whole = max(self.whole, _rel(_flat(out[1:]), _flat(ref[1:])))
+        self.whole = max(self.whole, rel_error(_flat(out[1:]), _flat(ref[1:])))
         self.per_call.append(max(logits, state))
         self.agree += int((out[0].argmax(-1) == ref[0].argmax(-1)).sum())
         self.rows += out[0].shape[0]

@@ -49,7 +49,8 @@ def head_name(config: xLSTMConfig) -> str:
 
 
 class CheckpointWeights:
-    """A checkpoint directory (or .safetensors file) read tensor by tensor from its mmap'd files."""
+    """A checkpoint directory (or .safetensors file) read tensor by tensor from its files (each read maps
+    the file, copies the tensor out in the asked dtype and unmaps it)."""
 
     def __init__(self, path: str | os.PathLike[str]):
         from .checkpoint import _open
@@ -57,7 +58,6 @@ class CheckpointWeights:
         self.path = Path(path)
         self._ckpt = _open(path)
         self.config = self._ckpt.config
-        self._files: dict[Path, object] = {}
 
     def names(self) -> list[str]:
         return list(self._ckpt.plan)
@@ -71,13 +71,13 @@ class CheckpointWeights:
         info = self._ckpt.plan.get(name)
         if info is None:
             raise CheckpointError(f"{self.path} has no tensor {name}")
-        if info.file not in self._files:
-            self._files[info.file] = safe_open(info.file, framework="pt")
-        f = self._files[info.file]
         start = info.rows[0] if info.rows else 0
         lo, hi = (start + rows[0], start + rows[1]) if rows else (info.rows or (None, None))
         try:
-            t = f.get_slice(info.name)[lo:hi] if lo is not None else f.get_tensor(info.name)  # type: ignore[attr-defined]
+            # opened per read: the mapping (and the pages it touched, which count in this process's
+            # resident set) ends with the read, so reading a 13.7 GB checkpoint does not leave it resident
+            with safe_open(info.file, framework="pt") as f:
+                t = f.get_slice(info.name)[lo:hi] if lo is not None else f.get_tensor(info.name)
         except SafetensorError as exc:
             raise CheckpointError(f"cannot read {info.name} from {info.file}: {exc}") from exc
         return t.to(dtype)  # safetensors copies out of the mapping: no clone needed at the same dtype

@@ -95,13 +95,10 @@ def test_package_files_get_normal_permissions(exported_packages):
     assert (pkg / MANIFEST_NAME).stat().st_mode & 0o600 == 0o600
 
 
-def test_failed_parity_leaves_nothing_and_names_the_figures(tmp_path, monkeypatch):
+def test_failed_parity_leaves_nothing_and_names_the_figures(tmp_path):
     """An mLSTM-only model with an impossible tolerance: the graphs are right (figures ~1e-6) but the
-    check fails, so nothing may appear at OUT. The exporter is made to write external data (as it does
-    above 2 GB), so the figures also show that the shared weights file is built from external data."""
-    import xlstm_edge.export.to_onnx as to_onnx
-
-    monkeypatch.setattr(to_onnx, "EXTERNAL_DATA_BYTES", 0)
+    check fails, so nothing may appear at OUT. The exporter writes external data (as it always does),
+    so the figures also show that the shared weights file is built from external data."""
     out = tmp_path / "pkg"
     with pytest.raises(ParityError, match=r"max \|dlogits\| ") as info:
         export_package(tiny_model(), out, "onnx", tolerance=1e-12, parity_steps=8)

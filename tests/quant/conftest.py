@@ -104,3 +104,18 @@ def et_built(tmp_path_factory) -> Built:
     for scheme, emb in (("int8-dynamic", "int8"), ("int4-dynamic", "fp32")):
         built.int8[scheme, emb] = quantize(built.package, root / f"{scheme}-{emb}", scheme, embedding=emb)
     return built
+
+
+def quantize_cli_error(package: Path, out: Path) -> str:
+    """Run ``xlstm-edge quantize PACKAGE OUT --scheme int8-dynamic``, which must fail with exactly one
+    ``Error:`` line, no traceback and nothing at OUT; returns that line."""
+    from click.testing import CliRunner
+
+    from xlstm_edge.cli import main
+
+    res = CliRunner().invoke(main, ["quantize", str(package), str(out), "--scheme", "int8-dynamic"])
+    assert res.exit_code == 1, res.output
+    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(error) == 1 and "Traceback" not in res.output, res.output
+    assert not out.exists()
+    return error[0]

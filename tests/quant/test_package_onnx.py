@@ -94,28 +94,27 @@ def test_state_and_gates_stay_float_in_the_graph(ort_built, scheme, embedding):
 
 
 @pytest.mark.parametrize("scheme", ["int8-dynamic", "int4-dynamic"])
-def test_graphs_over_the_size_limit_keep_their_weights_outside(ort_built, tmp_path, monkeypatch, seed, scheme):
-    """A graph whose weights exceed protobuf's 2 GiB goes through external data: forced here with a 0-byte
-    limit. Same outputs as the inline graph; the package's shared file then replaces the exporter's."""
+def test_graph_weights_stay_outside_the_graph_and_move_into_the_shared_file(ort_built, tmp_path, seed, scheme):
+    """The one exporter keeps every weight out of the graph's protobuf (at any size: no 2 GiB limit, no
+    whole-model copy in memory): the exporter's data file plus the packed MatMulNBits weights, written
+    one at a time. The package's shared file then replaces both, with the same outputs bit for bit."""
     from xlstm_edge.export.onnx_weights import DATA_NAME, share_weights
     from xlstm_edge.quant import onnx_backend
 
     qmodel = quantize_model(copy.deepcopy(ort_built.model), scheme, "int8", backend="onnxruntime")
-    inline = onnx_backend.export_graph(qmodel, "step", 1, tmp_path / "inline" / "step.onnx")
-    assert not (tmp_path / "inline" / "step.onnx.data").exists()
-    monkeypatch.setattr(onnx_backend, "EXTERNAL_DATA_BYTES", 0)
-    path = onnx_backend.export_graph(qmodel, "step", 1, tmp_path / "external" / "step.onnx")
-    data = tmp_path / "external" / "step.onnx.data"
+    path = onnx_backend.export_graph(qmodel, "step", 1, tmp_path / "step.onnx")
+    data, nbits = tmp_path / "step.onnx.data", tmp_path / "step.onnx.nbits"
     proto = onnx.load(str(path), load_external_data=False)
-    big = [i for i in proto.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
-    assert len(big) >= 10 and data.stat().st_size > path.stat().st_size
+    outside = [i for i in proto.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    inside = [i for i in proto.graph.initializer if i.data_location != onnx.TensorProto.EXTERNAL]
+    assert len(outside) >= 10 and all(len(i.raw_data) < 1024 for i in inside)
+    assert data.stat().st_size > 0 and nbits.stat().st_size > 0
+    assert {n.op_type for n in proto.graph.node} >= {"MatMulNBits"}
     ids = torch.randint(0, 256, (2, 1))
     inputs = [ids, *random_state(ort_built.model, 2)]
-    expected = OrtGraph(inline).run(inputs)
-    for actual, ref in zip(OrtGraph(path).run(inputs), expected, strict=True):
-        assert torch.equal(actual, ref), f"seed {seed}"
+    expected = OrtGraph(path).run(inputs)
     share_weights([path], DATA_NAME)
-    assert not data.exists() and (tmp_path / "external" / DATA_NAME).exists()
+    assert not data.exists() and not nbits.exists() and (tmp_path / DATA_NAME).exists()
     for actual, ref in zip(OrtGraph(path).run(inputs), expected, strict=True):
         assert torch.equal(actual, ref), f"seed {seed}"
 
@@ -236,15 +235,10 @@ def _corrupt_copy(package: Path, dest: Path, file: str, how: str) -> Path:
 @pytest.mark.parametrize(("file", "how"), [("weights.bin", "truncate"), ("step.onnx", "garbage"),
                                            ("step.onnx", "truncate")])
 def test_cli_names_the_corrupt_file_in_one_line(ort_built, tmp_path, file, how):
-    from xlstm_edge.cli import main
+    from tests.quant.conftest import quantize_cli_error
 
     bad = _corrupt_copy(ort_built.package, tmp_path / "pkg", file, how)
-    res = CliRunner().invoke(main, ["quantize", str(tmp_path / "pkg"), str(tmp_path / "o"), "--scheme",
-                                    "int8-dynamic"])
-    assert res.exit_code == 1, res.output
-    error = [line for line in res.output.splitlines() if line.startswith("Error:")]
-    assert len(error) == 1 and str(bad) in error[0] and "Traceback" not in res.output, res.output
-    assert not (tmp_path / "o").exists()
+    assert str(bad) in quantize_cli_error(tmp_path / "pkg", tmp_path / "o")
 
 
 def test_quantize_reads_the_package_own_weights_without_its_checkpoint(ort_built, tmp_path):
