@@ -42,6 +42,12 @@ def prefix_key(ids: Sequence[int]) -> str:
     return hashlib.sha256(np.asarray(ids, dtype="<i8").tobytes()).hexdigest()
 
 
+def entry_bytes(state: RecurrentState) -> int:
+    """Bytes of every tensor a stored state holds (its file adds a header of about a kilobyte)."""
+    extra = [state.logits, state.pending, state.recent, state.num_tokens, None if state.rng is None else state.rng[1]]
+    return state.nbytes + sum(t.numel() * t.element_size() for t in extra if t is not None)
+
+
 @dataclass
 class _Entry:
     length: int  # tokens of the key
@@ -138,7 +144,7 @@ class StateCache:
             return None
         key = prefix_key(ids)
         state = state.copy()
-        nbytes = state.nbytes + 4 * (0 if state.logits is None else state.logits.numel())
+        nbytes = entry_bytes(state)
         if nbytes > self.budget_bytes:
             return None
         with self._lock:
@@ -158,8 +164,6 @@ class StateCache:
                     path.unlink(missing_ok=True)
                 return
             entry.state = None
-            entry.nbytes = path.stat().st_size
-            self._evict()
 
     def _evict(self) -> None:
         """Drop least recently used entries until within budget (caller holds the lock)."""
