@@ -18,6 +18,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,14 @@ def error_response(status: int, message: str, param: str | None = None, code: st
 
 
 def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
-    """The FastAPI app serving ``engine`` (whose thread the caller starts and closes)."""
-    app = FastAPI(title="xlstm-edge", docs_url=None, redoc_url=None)
+    """The FastAPI app serving ``engine`` (started by the caller; closed when the app shuts down)."""
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn has drained the connections (SIGTERM, Ctrl-C): finish the engine, flush stored states
+        await asyncio.get_running_loop().run_in_executor(None, engine.close)
+
+    app = FastAPI(title="xlstm-edge", docs_url=None, redoc_url=None, lifespan=lifespan)
     session = engine.session
     created = int(time.time())
 

@@ -231,3 +231,52 @@ def test_full_queue_is_429_and_disconnects_free_their_slots(srv):
     srv.wait_idle()
     r = srv.client().completions.create(model="demo", prompt="import", max_tokens=3)
     assert r.usage.completion_tokens >= 1
+
+
+def test_sigterm_drains_the_reply_in_flight_and_exits(tmp_path):
+    """`xlstm-edge serve` in a subprocess: SIGTERM mid-stream lets the stream finish, then the server exits 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from xlstm_edge.cli import main; main()", "serve", str(DEMO_CHECKPOINT), "--port", str(port), "--threads", "1",
+         "--state-dir", str(tmp_path), "--model-name", "demo"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(600):  # up to 30 s to import and load
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+            assert proc.poll() is None, proc.stdout.read()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        body = json.dumps({"model": "demo", "prompt": "import", "max_tokens": 300, "stream": True,
+                           "temperature": 0})
+        conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        first = resp.readline()
+        assert first.startswith(b"data: ")
+        os.kill(proc.pid, signal.SIGTERM)
+        rest = resp.read().decode()
+        assert rest.rstrip().endswith("data: [DONE]")
+        chunks = [json.loads(line[6:]) for line in (first.decode() + rest).splitlines()
+                  if line.startswith("data: {")]
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+        # uvicorn exits by re-raising the signal it caught, after the app's shutdown closed the engine
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Finished server process" in proc.stdout.read()
+        assert list(tmp_path.glob("*/*.safetensors")), "the drained reply's state was not stored"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
