@@ -166,7 +166,9 @@ class Engine:
         self._closing = False
         self._thread: threading.Thread | None = None
         self.completed = 0
-        self.steps = 0
+        self.steps = 0  # decode steps (graph calls)
+        self.batched_steps = 0  # of which with more than one row
+        self.tokens = 0  # tokens decoded, all rows
 
     # ---- the outside ----------------------------------------------------------------------------
     def start(self) -> Engine:
@@ -199,7 +201,8 @@ class Engine:
     def stats(self) -> dict[str, int]:
         with self._cond:
             return {"active": len(self._slots), "waiting": len(self._waiting), "slots": self.max_batch,
-                    "max_queue": self.max_queue, "completed": self.completed, "steps": self.steps}
+                    "max_queue": self.max_queue, "completed": self.completed, "steps": self.steps,
+                    "batched_steps": self.batched_steps, "tokens": self.tokens}
 
     # ---- the loop -------------------------------------------------------------------------------
     def _run(self) -> None:
@@ -270,6 +273,8 @@ class Engine:
         ids = torch.tensor([[s.next_token] for s in self._slots], dtype=torch.int64)
         logits = sess.step(ids)  # (B, V)
         self.steps += 1
+        self.batched_steps += len(self._slots) > 1
+        self.tokens += len(self._slots)
         recent = sess.recent_tokens
         with sess.host_ops():
             for b, slot in enumerate(self._slots):  # cancelled rows too: every row then stands alike

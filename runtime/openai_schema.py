@@ -3,7 +3,7 @@
 Fields the API has and this server does not honour are refused with a 400 naming them (``n`` > 1,
 ``logprobs``, ``best_of`` > 1, ``echo``, ``suffix``, ``tools``); fields it does not know are ignored,
 as llama.cpp's server and Ollama do (clients send ``user``, ``logit_bias`` and the like). Beyond
-the API, ``top_k``, ``min_p`` and ``repetition_penalty`` are taken as llama.cpp takes them.
+the API, ``top_k``, ``min_p``, ``repetition_penalty`` and ``ignore_eos`` are taken as llama.cpp takes them.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class _Sampled(BaseModel):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0, lt=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
+    ignore_eos: bool = False  # keep generating past the eos token (benchmarks)
 
     def sampling(self) -> SamplingConfig:
         def pick(value: Any, default: Any) -> Any:

@@ -169,7 +169,8 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
                 pass
 
         eos = session.tokenizer.eos_token_id
-        req = GenerationRequest(ids, max_tokens, sampling, emit, stops, set() if eos is None else {int(eos)})
+        req = GenerationRequest(ids, max_tokens, sampling, emit, stops,
+                                set() if eos is None or body.ignore_eos else {int(eos)})
         try:
             engine.submit(req)
         except QueueFullError as e:

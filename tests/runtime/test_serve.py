@@ -180,20 +180,20 @@ def test_concurrent_requests_batch_and_match_sequential(srv):
     """4 greedy requests at once decode as one batch; each equals its run alone."""
     c = srv.client()
     prompts = [random_prompt() for _ in range(MAX_BATCH)]
-    alone = [c.completions.create(model="demo", prompt=p, max_tokens=16, temperature=0).choices[0].text
+    alone = [c.completions.create(model="demo", prompt=p, max_tokens=48, temperature=0).choices[0].text
              for p in prompts]
-    steps_before = srv.health()["steps"]
+    before = srv.health()
 
     async def together():
         ac = openai.AsyncOpenAI(base_url=srv.url, api_key="none", max_retries=0, timeout=60)
-        rs = await asyncio.gather(*[ac.completions.create(model="demo", prompt=p, max_tokens=16, temperature=0)
+        rs = await asyncio.gather(*[ac.completions.create(model="demo", prompt=p, max_tokens=48, temperature=0)
                                     for p in prompts])
         await ac.close()
         return [r.choices[0].text for r in rs]
 
     assert asyncio.run(together()) == alone
-    # batched: far fewer decode steps than 4 requests one after another would take
-    assert srv.health()["steps"] - steps_before < 2 * 16
+    after = srv.health()
+    assert after["batched_steps"] > before["batched_steps"], (before, after)  # rows shared graph calls
     srv.wait_idle()
 
 
