@@ -13,7 +13,8 @@ machine's cores) and stops it with SIGTERM:
   stored state and prefills only the new message) and once without it (--state-cache-mb 0: every turn
   prefills the whole conversation). TTFT = request sent -> first streamed text.
 - streams: K streams started together (short prompts, --stream-tokens tokens each, ignore_eos, greedy);
-  aggregate tok/s = all tokens / (last stream end - first request sent), best of --repeats.
+  aggregate tok/s = all tokens / (last stream end - first request sent), best of --repeats; then the
+  same straight into an in-process engine (no HTTP, no client on the cores).
 - load: --load-clients clients loop for --load-seconds sending short streamed requests; counts errors
   by status, checks /health for leaked slots afterwards and the server's RSS before / after.
 Not a test: prints a markdown table (and --json).
@@ -147,6 +148,44 @@ async def streams_tok_s(url: str, k: int, tokens: int, seed: int) -> dict[str, f
     return {"streams": k, "tokens": total, "wall_s": wall, "tok_s": total / wall}
 
 
+def engine_tok_s(package: Path, threads: int, ks: list[int], tokens: int, repeats: int, seed: int) -> list[dict]:
+    """The same K streams straight into an in-process Engine (no HTTP, no client): the decode alone."""
+    import threading
+
+    from xlstm_edge.runtime import SamplingConfig, load
+    from xlstm_edge.runtime.engine import DoneEvent, Engine, GenerationRequest
+
+    sess = load(package, num_threads=threads)
+    engine = Engine(sess, None, max_batch=max(ks), max_queue=max(ks)).start()
+    rng = random.Random(seed)
+    out = []
+    try:
+        for k in [1, *ks]:  # the first: warm-up
+            best = None
+            for _ in range(repeats):
+                left, ends = threading.Semaphore(0), []
+
+                def emit(ev, ends=ends, left=left):
+                    if isinstance(ev, DoneEvent):
+                        ends.append((ev.completion_tokens, time.perf_counter()))
+                        left.release()
+
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    ids = sess.encode(words(rng, 16))
+                    engine.submit(GenerationRequest(ids, tokens, SamplingConfig(), emit))
+                for _ in range(k):
+                    left.acquire()
+                total = sum(n for n, _ in ends)
+                run = {"streams": k, "tokens": total, "wall_s": max(t for _, t in ends) - t0}
+                run["tok_s"] = total / run["wall_s"]
+                best = run if best is None or run["tok_s"] > best["tok_s"] else best
+            out.append(best)
+        return out[1:]
+    finally:
+        engine.close()
+
+
 # ---- load test ----------------------------------------------------------------------------------
 async def load_test(url: str, proc: subprocess.Popen, clients: int, seconds: float, seed: int) -> dict[str, Any]:
     import openai
@@ -198,7 +237,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--load-clients", type=int, default=32)
     ap.add_argument("--load-seconds", type=float, default=60.0)
-    ap.add_argument("--skip", default="", help="comma-separated parts to skip: chat,streams,load")
+    ap.add_argument("--skip", default="", help="comma-separated parts to skip: chat,streams,engine,load")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -222,6 +261,10 @@ def main() -> None:
                 runs = [asyncio.run(streams_tok_s(url, k, args.stream_tokens, seed + r)) for r in range(args.repeats)]
                 res["streams"].append(max(runs, key=lambda r: r["tok_s"]))
                 print(f"  streams {k}: {res['streams'][-1]}", file=sys.stderr)
+    if "engine" not in skip:
+        ks = [int(v) for v in args.streams.split(",")]
+        res["engine_streams"] = engine_tok_s(args.package, args.threads, ks, args.stream_tokens, args.repeats, seed)
+        print(f"  engine: {res['engine_streams']}", file=sys.stderr)
     if "load" not in skip:
         with tempfile.TemporaryDirectory() as states:
             with server(args.package, args.threads, "--state-dir", states, "--state-cache-mb", "64") as (url, proc):
@@ -240,10 +283,11 @@ def table(res: dict[str, Any]) -> str:
             lines.append(f"| {a['turn']} | {a['prompt_tokens']} | {a['ttft_ms']:.0f} | {a['cached_tokens']} | "
                          f"{b['ttft_ms']:.0f} |")
         lines.append("")
-    if "streams" in res:
-        lines += ["| concurrent streams | tokens | wall (s) | aggregate tok/s |", "|---|---|---|---|"]
-        lines += [f"| {s['streams']} | {s['tokens']} | {s['wall_s']:.2f} | {s['tok_s']:.1f} |" for s in res["streams"]]
-        lines.append("")
+    for key, label in (("streams", "HTTP (openai client)"), ("engine_streams", "engine in-process")):
+        if key in res:
+            lines += [f"| concurrent streams, {label} | tokens | wall (s) | aggregate tok/s |", "|---|---|---|---|"]
+            lines += [f"| {s['streams']} | {s['tokens']} | {s['wall_s']:.2f} | {s['tok_s']:.1f} |" for s in res[key]]
+            lines.append("")
     if "load" in res:
         ld = res["load"]
         lines.append(f"load: {ld['clients']} clients x {ld['seconds']:.0f} s: {ld['completed']} requests completed, "

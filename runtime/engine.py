@@ -182,6 +182,10 @@ class Engine:
         with self._cond:
             if self._closing:
                 raise EngineClosedError("the server is shutting down")
+            if any(r.cancelled for r in self._waiting):  # clients that left while waiting free their places
+                for r in [r for r in self._waiting if r.cancelled]:
+                    self._waiting.remove(r)
+                    r.emit(DoneEvent("cancelled", len(r.prompt_ids), 0, 0, 0.0))
             if len(self._waiting) + len(self._slots) + self._admitting >= self.max_batch + self.max_queue:
                 raise QueueFullError(f"all {self.max_batch} slots are busy and {len(self._waiting)} requests wait; "
                                      "retry later")
@@ -287,14 +291,14 @@ class Engine:
         """Take rows out of the batch; finished ones report (and store) their final state."""
         sess = self.session
         whole = sess.get_state()
-        for i in indices:
-            slot = self._slots[i]
-            self._finish(slot, whole.row(i), "cancelled" if slot.req.cancelled else slot.finish_reason)
+        gone = [(self._slots[i], whole.row(i)) for i in indices]
         keep = [i for i in range(len(self._slots)) if i not in set(indices)]
-        with self._cond:
+        with self._cond:  # free the slots before anyone hears of it
             self._slots = [self._slots[i] for i in keep]
         if keep:
             sess.set_state(RecurrentState.stack([whole.row(i) for i in keep]))
+        for slot, row in gone:
+            self._finish(slot, row, "cancelled" if slot.req.cancelled else slot.finish_reason)
 
     def _finish(self, slot: _Slot, row: RecurrentState, reason: str | None) -> None:
         """``row`` (with the logits after the slot's fed tokens) + the last sampled token, pending, is
