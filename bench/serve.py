@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+SERVER_ARGS: list[str] = []  # --server-args
 WORDS = ("the state of a recurrent model holds its whole context in a constant size so a conversation "
          "can be stored as a small file and resumed without reading its history again").split()
 
@@ -46,6 +47,7 @@ WORDS = ("the state of a recurrent model holds its whole context in a constant s
 # ---- the server --------------------------------------------------------------------------------
 @contextmanager
 def server(package: Path, threads: int, *extra: str):
+    extra = (*extra, *SERVER_ARGS)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -212,7 +214,15 @@ async def load_test(url: str, proc: subprocess.Popen, clients: int, seconds: flo
             except openai.APIError as e:
                 errors[type(e).__name__] = errors.get(type(e).__name__, 0) + 1
 
-    await asyncio.gather(*[worker() for _ in range(clients)])
+    rss_series: list[tuple[float, float]] = []
+
+    async def sample_rss() -> None:
+        t0 = time.perf_counter()
+        while time.perf_counter() < deadline:
+            rss_series.append((time.perf_counter() - t0, rss_mb(proc.pid)))
+            await asyncio.sleep(5)
+
+    await asyncio.gather(sample_rss(), *[worker() for _ in range(clients)])
     await ac.close()
     for _ in range(200):
         h = health(url)
@@ -221,7 +231,7 @@ async def load_test(url: str, proc: subprocess.Popen, clients: int, seconds: flo
         await asyncio.sleep(0.05)
     return {"clients": clients, "seconds": seconds, "completed": done, "errors": errors,
             "active_after": h["active"], "waiting_after": h["waiting"], "rss_before_mb": rss_before,
-            "rss_after_mb": rss_mb(proc.pid)}
+            "rss_after_mb": rss_mb(proc.pid), "rss_series_mb": rss_series}
 
 
 # ---- main ---------------------------------------------------------------------------------------
@@ -238,9 +248,11 @@ def main() -> None:
     ap.add_argument("--load-clients", type=int, default=32)
     ap.add_argument("--load-seconds", type=float, default=60.0)
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: chat,streams,engine,load")
+    ap.add_argument("--server-args", default="", help="extra options for `xlstm-edge serve`, e.g. '--decode-threads 1'")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
+    SERVER_ARGS.extend(args.server_args.split())
     seed = int.from_bytes(os.urandom(4), "little")
     res: dict[str, Any] = {"package": str(args.package), "threads": args.threads, "seed": seed,
                            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -292,7 +304,8 @@ def table(res: dict[str, Any]) -> str:
         ld = res["load"]
         lines.append(f"load: {ld['clients']} clients x {ld['seconds']:.0f} s: {ld['completed']} requests completed, "
                      f"errors {ld['errors'] or 'none'}, slots after: {ld['active_after']} active / "
-                     f"{ld['waiting_after']} waiting, server RSS {ld['rss_before_mb']:.0f} -> {ld['rss_after_mb']:.0f} MB")
+                     f"{ld['waiting_after']} waiting, server RSS {ld['rss_before_mb']:.0f} MB idle before, then every 5 s: "
+                     + ", ".join(f"{m:.0f}" for _, m in ld["rss_series_mb"]) + f", {ld['rss_after_mb']:.0f} MB after")
     return "\n".join(lines)
 
 
