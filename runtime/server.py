@@ -83,6 +83,7 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
     app = FastAPI(title="xlstm-edge", docs_url=None, redoc_url=None, lifespan=lifespan)
     session = engine.session
     created = int(time.time())
+    last_check: dict[int, float] = {}  # id(request) -> when its client was last seen connected
 
     # ---- errors ---------------------------------------------------------------------------------
     @app.exception_handler(APIError)
@@ -183,19 +184,28 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
 
     async def first_event(req: GenerationRequest, queue: asyncio.Queue[Event], request: Request) -> Event:
         """Wait for the first event; an engine error becomes the response's status."""
-        event = await wait_event(req, queue, request)
+        try:
+            event = await wait_event(req, queue, request)
+        finally:
+            last_check.pop(id(req), None)
         if isinstance(event, ErrorEvent):
             raise APIError(event.status, event.message, None, "generation_failed" if event.status >= 500 else None)
         return event
 
     async def wait_event(req: GenerationRequest, queue: asyncio.Queue[Event], request: Request) -> Event:
+        """The next event; every DISCONNECT_POLL_S, busy or not, checks that the client is still there
+        (a gone client cancels ``req``, which frees its slot)."""
         while True:
+            now = time.monotonic()
+            if now - last_check.setdefault(id(req), now) >= DISCONNECT_POLL_S:
+                last_check[id(req)] = now
+                if await request.is_disconnected():
+                    req.cancel()
+                    raise asyncio.CancelledError
             try:
                 return await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S)
             except TimeoutError:
-                if await request.is_disconnected():
-                    req.cancel()
-                    raise asyncio.CancelledError from None
+                continue
 
     def usage(done: DoneEvent) -> dict[str, Any]:
         return {"prompt_tokens": done.prompt_tokens, "completion_tokens": done.completion_tokens,
@@ -216,6 +226,7 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
                 event = await wait_event(req, queue, request)
         finally:
             req.cancel()  # a no-op once done; frees the slot if this handler is cancelled
+            last_check.pop(id(req), None)
         return "".join(pieces), event
 
     def sse(obj: Any) -> str:

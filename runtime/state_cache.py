@@ -48,6 +48,17 @@ def entry_bytes(state: RecurrentState) -> int:
     return state.nbytes + sum(t.numel() * t.element_size() for t in extra if t is not None)
 
 
+def _prefix_keys(ids: Sequence[int], lengths: list[int]) -> dict[int, str]:
+    """``prefix_key(ids[:n])`` for each n of the ascending ``lengths``, hashing ``ids`` once."""
+    blob = np.asarray(ids, dtype="<i8").tobytes()
+    h, done, out = hashlib.sha256(), 0, {}
+    for n in lengths:
+        h.update(blob[8 * done:8 * n])
+        done = n
+        out[n] = h.copy().hexdigest()
+    return out
+
+
 @dataclass
 class _Entry:
     length: int  # tokens of the key
@@ -113,9 +124,10 @@ class StateCache:
         """The stored state whose key is the longest prefix of ``ids`` (up to all of them), with the
         key's length; None when no key is a prefix."""
         with self._lock:
-            lengths = sorted({e.length for e in self._entries.values() if e.length <= len(ids)}, reverse=True)
-        for n in lengths:
-            key = prefix_key(ids[:n])
+            lengths = sorted({e.length for e in self._entries.values() if e.length <= len(ids)})
+        keys = _prefix_keys(ids, lengths)
+        for n in reversed(lengths):
+            key = keys[n]
             with self._lock:
                 entry = self._entries.get(key)
                 if entry is None:

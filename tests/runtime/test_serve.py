@@ -280,3 +280,18 @@ def test_sigterm_drains_the_reply_in_flight_and_exits(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_unstreamed_client_that_leaves_frees_its_slot(srv):
+    srv.wait_idle()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    body = json.dumps({"model": "demo", "prompt": random_prompt(), "max_tokens": 100000, "ignore_eos": True})
+    conn.request("POST", "/v1/completions", body=body, headers={"Content-Type": "application/json"})
+    for _ in range(400):
+        if srv.health()["active"] == 1:
+            break
+        time.sleep(0.025)
+    assert srv.health()["active"] == 1
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    srv.wait_idle()

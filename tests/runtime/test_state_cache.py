@@ -97,3 +97,11 @@ def test_disk_entries_survive_a_restart_and_lru_evicts(sess, tmp_path):
     assert again.lookup(ids[0])[1] == 8 and again.lookup(ids[2])[1] == 8
     assert len(list((tmp_path / sess.layout.config_hash).iterdir())) == 2
     assert not list((tmp_path / sess.layout.config_hash).glob(".*"))  # no partial files left
+
+
+def test_incremental_prefix_keys_equal_whole_hashes():
+    from xlstm_edge.runtime.state_cache import _prefix_keys
+
+    ids = random_ids(50)
+    lengths = sorted({int(n) for n in torch.randint(1, 51, (6,))})
+    assert _prefix_keys(ids, lengths) == {n: prefix_key(ids[:n]) for n in lengths}
