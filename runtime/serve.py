@@ -39,6 +39,7 @@ class ServeOptions:
     max_prompt_tokens: int = 32768
     default_max_tokens: int = 512
     add_bos: bool = False
+    cors_origins: tuple[str, ...] = ()
 
 
 def build_server(session: Any, source: str | os.PathLike, opts: ServeOptions) -> tuple[Any, Any]:
@@ -59,7 +60,8 @@ def build_server(session: Any, source: str | os.PathLike, opts: ServeOptions) ->
         cache = StateCache(opts.state_dir, session.layout, int(opts.state_cache_mb * 2**20))
     engine = Engine(session, cache, opts.max_batch, opts.max_queue).start()
     name = opts.model_name or Path(source).resolve().name
-    config = ServerConfig(name, template, opts.max_prompt_tokens, opts.default_max_tokens, opts.add_bos)
+    config = ServerConfig(name, template, opts.max_prompt_tokens, opts.default_max_tokens, opts.add_bos,
+                          tuple(opts.cors_origins))
     return create_app(config, engine), engine
 
 
@@ -86,13 +88,16 @@ def build_server(session: Any, source: str | os.PathLike, opts: ServeOptions) ->
 @click.option("--max-tokens", "default_max_tokens", type=int, default=512, show_default=True,
               help="Reply length when a chat request gives no max_tokens.")
 @click.option("--add-bos", is_flag=True, help="Put the tokenizer's bos token before each completion prompt.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="Let web pages from ORIGIN (e.g. http://localhost:3000; '*' for any) call the API from a "
+                   "browser (repeatable; default: none).")
 @_threads_option
 @_decode_threads_option
 @_one_line_errors
 def serve_cmd(package: Path, host: str, port: int, backend: str | None, model_name: str | None, max_batch: int,
               max_queue: int, state_dir: Path, state_cache_mb: float, chat_template: Path | None,
-              max_prompt_tokens: int, default_max_tokens: int, add_bos: bool, threads: int | None,
-              decode_threads: int | None) -> None:
+              max_prompt_tokens: int, default_max_tokens: int, add_bos: bool, cors_origins: tuple[str, ...],
+              threads: int | None, decode_threads: int | None) -> None:
     """Serve PACKAGE over the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, /health).
 
     \b
@@ -109,7 +114,7 @@ def serve_cmd(package: Path, host: str, port: int, backend: str | None, model_na
 
     session = load(package, backend=backend, num_threads=threads, decode_threads=decode_threads)
     opts = ServeOptions(model_name, max_batch, max_queue, state_dir, state_cache_mb, chat_template,
-                        max_prompt_tokens, default_max_tokens, add_bos)
+                        max_prompt_tokens, default_max_tokens, add_bos, cors_origins)
     app, engine = build_server(session, package, opts)
     click.echo(f"serving {app.title} model {model_name or package.resolve().name} ({session.backend.describe()}) "
                f"on http://{host}:{port}/v1, {max_batch} slots", err=True)

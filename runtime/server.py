@@ -51,6 +51,7 @@ class ServerConfig:
     max_prompt_tokens: int = 32768  # longer prompts are refused (400, context_length_exceeded)
     default_max_tokens: int = 512  # chat replies without max_tokens stop here
     add_bos: bool = False  # put the tokenizer's bos before every completion prompt
+    cors_origins: tuple[str, ...] = ()  # web pages (origins) allowed to call the API from a browser; "*": any
 
 
 class APIError(Exception):
@@ -81,6 +82,11 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
         await asyncio.get_running_loop().run_in_executor(None, engine.close)
 
     app = FastAPI(title="xlstm-edge", docs_url=None, redoc_url=None, lifespan=lifespan)
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
     session = engine.session
     created = int(time.time())
     last_check: dict[int, float] = {}  # id(request) -> when its client was last seen connected

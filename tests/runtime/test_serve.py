@@ -38,7 +38,8 @@ class RunningServer:
     def __init__(self, tmp_path):
         self.session = load(DEMO_CHECKPOINT, num_threads=1)
         opts = ServeOptions(model_name="demo", max_batch=MAX_BATCH, max_queue=MAX_QUEUE, state_dir=tmp_path,
-                            max_prompt_tokens=MAX_PROMPT, default_max_tokens=64)
+                            max_prompt_tokens=MAX_PROMPT, default_max_tokens=64,
+                            cors_origins=("http://localhost:3000",))
         self.app, self.engine = build_server(self.session, DEMO_CHECKPOINT, opts)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -86,6 +87,21 @@ def srv(tmp_path_factory):
     s = RunningServer(tmp_path_factory.mktemp("states"))
     yield s
     s.stop()
+
+
+def test_cors_for_the_named_origin_only(srv):
+    def preflight(origin: str) -> str | None:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.request("OPTIONS", "/v1/chat/completions", headers={
+            "Origin": origin, "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        return r.getheader("access-control-allow-origin")
+
+    assert preflight("http://localhost:3000") == "http://localhost:3000"
+    assert preflight("http://evil.example") is None
 
 
 def test_models_and_health(srv):
