@@ -305,8 +305,7 @@ class Engine:
         the state of prompt + reply (a cancelled reply: as far as it went): store it, report it."""
         row.logits = None
         row.pending = torch.tensor([slot.next_token], dtype=torch.int64)
-        if not slot.sampler.config.greedy:
-            row.rng = (slot.sampler.seed, slot.sampler.rng_state())
+        row.rng = None if slot.sampler.config.greedy else (slot.sampler.seed, slot.sampler.rng_state())
         if self.cache is not None:
             self.cache.store(slot.req.prompt_ids + slot.generated, row)
         self.completed += 1
