@@ -114,6 +114,10 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
                                   "invalid_json")
         return error_response(exc.status_code, str(exc.detail), None, None)
 
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:  # logged by uvicorn; the server goes on
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}".splitlines()[0], None, None)
+
     # ---- plain endpoints --------------------------------------------------------------------------
     def model_card() -> dict[str, Any]:
         return {"id": config.model_name, "object": "model", "created": created, "owned_by": "xlstm-edge"}
