@@ -11,8 +11,11 @@ directory. Bad input ends with one line (click.ClickException, exit status 1).
 from __future__ import annotations
 
 import json
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
 from typing import Any
@@ -73,21 +76,47 @@ def generate_cmd(package: Path, prompt: str, backend: str | None, max_new_tokens
 
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                               repetition_penalty=repetition_penalty, seed=seed)
+    if state_out is not None and state_out.is_dir():
+        raise click.ClickException(f"--state-out {state_out} is a directory: name a file (e.g. {state_out / 'chat.safetensors'})")
     sess = load(package, backend=backend, num_threads=threads, decode_threads=decode_threads)
     if state_in is not None:
         sess.load_state(state_in)
     stream = sess.stream(prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop_strings=list(stop),
                          add_bos=add_bos)
-    for piece in stream:
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    with sigint_flag() as interrupted:  # Ctrl-C ends the reply between tokens; the state stays whole
+        for piece in stream:
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+            if interrupted.is_set():
+                break
     sys.stdout.write("\n")
     sys.stdout.flush()
     stats = sess.last_stats
     if state_out is not None:
         sess.save_state(state_out)
     seed_note = "" if sampling.greedy else f", seed {stats.seed}"
-    click.echo(f"[{sess.backend.name}] {stats.summary()}, stop: {stats.stopped[0]}{seed_note}", err=True)
+    stop_note = stats.stopped[0]
+    if stop_note == "stop_string" and state_out is not None:
+        stop_note += " (not printed; the state holds it, a resume continues after it)"
+    if interrupted.is_set():
+        click.echo(f"interrupted{'' if state_out is None else f'; state saved to {state_out}'}", err=True)
+        sys.exit(130)
+    click.echo(f"[{sess.backend.name}] {stats.summary()}, stop: {stop_note}{seed_note}", err=True)
+
+
+@contextmanager
+def sigint_flag() -> Iterator[threading.Event]:
+    """While inside, Ctrl-C (SIGINT) sets the yielded event instead of raising KeyboardInterrupt (main
+    thread only; elsewhere the event is never set)."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: flag.set())
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:

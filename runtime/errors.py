@@ -39,5 +39,9 @@ class StaleProgramError(RuntimeInputError):
     runs on (running it would crash the process): load it again, or use one thread count."""
 
 
+class InvalidTextError(RuntimeInputError):
+    """Text given to the tokenizer is not valid UTF-8."""
+
+
 class GenerationArgumentError(RuntimeInputError):
     """An argument of a generation call is invalid (``max_new_tokens <= 0``, a bad sampling value, ...)."""

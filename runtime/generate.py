@@ -200,6 +200,7 @@ def stream_text(
     session.last_stats = stats
     # prefill now, so that bad input (empty prompt, token range) raises at the call
     logits = start_generation(session, prompt_ids, stats)
+    session.attach_sampler(sampler)
     rows = _stream_text(session, logits, max_new_tokens, sampler, stops, list(stop_strings), stats)
     if not single:
         return rows

@@ -1,8 +1,11 @@
-"""Next-token selection: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
+"""Next-token selection: greedy, temperature, top-k, top-p, min-p, repetition / presence / frequency
+penalties, seeded RNG.
 
 All functions take ``logits`` (B, V) float32 and return a new tensor (B, V) (filters set removed
-entries to ``-inf``); the order ``Sampler`` applies them is the one Hugging Face uses:
-repetition penalty -> (greedy: argmax) -> temperature -> top-k -> top-p -> min-p -> draw.
+entries to ``-inf``); the order ``Sampler`` applies them is the one Hugging Face uses, with the
+OpenAI-style additive penalties beside the repetition penalty (as llama.cpp applies them):
+repetition penalty -> presence / frequency penalty -> (greedy: argmax) -> temperature -> top-k
+-> top-p -> min-p -> draw.
 """
 
 from __future__ import annotations
@@ -29,8 +32,12 @@ class SamplingConfig:
     min_p               drop tokens whose probability is below min_p * (top probability); 0 turns it off
     repetition_penalty  > 1 discourages tokens among the last ``repetition_window`` ones (logit > 0:
                         divided by it, else multiplied, as in CTRL / Hugging Face); 1 turns it off
-    repetition_window   how many recent tokens (prompt included) the penalty looks at
-    seed                seeds the draw (None: a fresh random seed, recorded in ``Sampler.seed``)
+    repetition_window   how many recent tokens (prompt included) the penalties look at
+    presence_penalty    subtracted from the logit of every token among the recent ones (OpenAI's
+                        field, -2..2); 0 turns it off
+    frequency_penalty   subtracted once per occurrence among the recent tokens (OpenAI's field, -2..2)
+    seed                seeds the draw (None: a fresh random seed, recorded in ``Sampler.seed``); a
+                        session that continues a sampled run with the same seed continues its draws
     """
 
     temperature: float = 0.0
@@ -39,6 +46,8 @@ class SamplingConfig:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     repetition_window: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -55,8 +64,13 @@ class SamplingConfig:
             problems.append(f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
         if not 1 <= self.repetition_window <= MAX_REPETITION_WINDOW:
             problems.append(f"repetition_window must be in 1..{MAX_REPETITION_WINDOW}, got {self.repetition_window}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
-            problems.append(f"seed must be an int >= 0, got {self.seed!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if not -2 <= value <= 2:
+                problems.append(f"{name} must be in [-2, 2] (0 = off), got {value}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            problems.append(f"seed must be an int in 0..2**64-1, got {self.seed!r}")
         if problems:
             raise GenerationArgumentError("invalid sampling: " + "; ".join(problems))
 
@@ -75,6 +89,18 @@ def apply_repetition_penalty(logits: Tensor, recent: Tensor, penalty: float) -> 
     seen = torch.zeros(B, V + 1, dtype=torch.bool).scatter_(1, idx, True)[:, :V]
     penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
     return torch.where(seen, penalized, logits)
+
+
+def apply_presence_frequency(logits: Tensor, recent: Tensor, presence: float, frequency: float) -> Tensor:
+    """OpenAI's additive penalties over ``recent`` (B, W) int64 (-1 = empty slot):
+    logit -= presence * [count > 0] + frequency * count, with count the token's occurrences in ``recent``."""
+    if (presence == 0.0 and frequency == 0.0) or recent.numel() == 0:
+        return logits
+    B, V = logits.shape
+    idx = torch.where(recent >= 0, recent, V)
+    counts = torch.zeros(B, V + 1, dtype=logits.dtype).scatter_add_(1, idx, torch.ones_like(idx, dtype=logits.dtype))
+    counts = counts[:, :V]
+    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
@@ -115,7 +141,9 @@ def filtered_logits(logits: Tensor, config: SamplingConfig, recent: Tensor | Non
     """Everything before the draw: penalty, temperature, top-k, top-p, min-p. (B, V) -> (B, V)."""
     x = logits.float()
     if recent is not None:
-        x = apply_repetition_penalty(x, recent[:, -config.repetition_window:], config.repetition_penalty)
+        window = recent[:, -config.repetition_window:]
+        x = apply_repetition_penalty(x, window, config.repetition_penalty)
+        x = apply_presence_frequency(x, window, config.presence_penalty, config.frequency_penalty)
     if config.greedy:
         return x
     x = apply_temperature(x, config.temperature)
@@ -134,6 +162,14 @@ class Sampler:
         self.vocab_limit = vocab_limit
         self.seed = self.config.seed if self.config.seed is not None else int.from_bytes(os.urandom(4), "little")
         self.generator = torch.Generator().manual_seed(self.seed)
+
+    def rng_state(self) -> Tensor:
+        """The generator's state, (N,) uint8 (saved with a conversation state: resumes continue the draws)."""
+        return self.generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        """Continue the draws from ``rng_state()`` of a sampler with the same seed."""
+        self.generator.set_state(state.clone())
 
     def __call__(self, logits: Tensor, recent: Tensor | None = None) -> Tensor:
         """logits (B, V) -> token ids (B,) int64."""

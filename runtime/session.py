@@ -6,8 +6,11 @@
         print(piece, end="", flush=True)
     sess.save_state("chat.safetensors")                   # resume later, even on another backend
 
-A ``Session`` holds a conversation: each call continues from where the previous one stopped;
-``reset()`` starts over. Token ids are checked against the vocab before they reach a graph.
+A ``Session`` holds a conversation: a ``stream`` / ``generate`` call continues from where the previous
+one stopped unless it is given ``continue_conversation=False`` (or after ``reset()``). Sampling is
+given by keyword (``temperature=0.7, top_p=0.9, seed=1``) or as one ``SamplingConfig``. Token ids are
+checked against the vocab before they reach a graph. ``last_stats`` holds the ``GenerationStats`` of
+the last call (prompt / new tokens, time to first token, tok/s, why each row stopped).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .backend import Backend
 from .errors import (
     EmptyPromptError,
     GenerationArgumentError,
+    InvalidTextError,
     PackageError,
     TokenRangeError,
     UnknownBackendError,
@@ -166,6 +170,8 @@ class Session:
         self.tokenizer = tokenizer
         self.layout: StateLayout = backend.layout
         self.last_stats = None  # GenerationStats of the last stream / generate call
+        self._sampler: Any = None  # the Sampler of the last sampled call (its draws continue on a resume)
+        self._saved_rng: tuple[int, Tensor] | None = None  # (seed, generator state) from a loaded state
         self._reset_bookkeeping(backend.batch_size)
 
     # ---- facts ---------------------------------------------------------------------------------
@@ -228,6 +234,21 @@ class Session:
             raise GenerationArgumentError(f"batch_size must be >= 1, got {batch_size}")
         self.backend.reset(batch_size)
         self._reset_bookkeeping(batch_size)
+        self._sampler, self._saved_rng = None, None
+
+    def sampler_state(self) -> tuple[int, Tensor] | None:
+        """(seed, generator state) of the conversation's last sampled draw, or None (greedy / fresh)."""
+        if self._sampler is not None and not self._sampler.config.greedy:
+            return self._sampler.seed, self._sampler.rng_state()
+        return self._saved_rng
+
+    def attach_sampler(self, sampler: Any) -> None:
+        """Make ``sampler`` the conversation's: a seeded sampler with the seed of the conversation's last
+        draws continues them (so a resumed run equals the uninterrupted one)."""
+        prior = self.sampler_state()
+        if sampler.config.seed is not None and prior is not None and prior[0] == sampler.seed:
+            sampler.set_rng_state(prior[1])
+        self._sampler, self._saved_rng = sampler, None
 
     def get_state(self) -> RecurrentState:
         """A copy of the whole conversation state (fork it, save it, set it back later)."""
@@ -239,6 +260,7 @@ class Session:
                 None if self._pending is None else self._pending.clone(),
                 self._recent.clone(),
                 self._num_tokens.clone(),
+                self.sampler_state(),
             )
 
     def set_state(self, state: RecurrentState) -> None:
@@ -258,9 +280,11 @@ class Session:
         self._pending = None if state.pending is None else state.pending.clone()
         self._recent = state.recent.clone()
         self._num_tokens = state.num_tokens.clone()
+        self._sampler = None
+        self._saved_rng = None if state.rng is None else (state.rng[0], state.rng[1].clone())
 
     def save_state(self, path: str | os.PathLike) -> Path:
-        """Write the conversation state to a safetensors file."""
+        """Write the conversation state to a safetensors file (atomically: write, then rename)."""
         return self.get_state().save(path)
 
     def load_state(self, path: str | os.PathLike) -> None:
@@ -268,7 +292,19 @@ class Session:
         self.set_state(RecurrentState.load(path, self.layout))
 
     # ---- feeding tokens ------------------------------------------------------------------------
-    def encode(self, text: str) -> list[int]:
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids of ``text`` (no specials added; ``allow_special``: special-token text such as
+        ``<eos>`` becomes its special id, as in a rendered chat template). Raises ``InvalidTextError``
+        on text that is not valid UTF-8 (lone surrogates, as Python decodes invalid bytes of argv)."""
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            bad = text[e.start].encode("utf-8", "surrogateescape") if 0xDC80 <= ord(text[e.start]) <= 0xDCFF \
+                else None
+            what = f"byte 0x{bad[0]:02x}" if bad else f"code point U+{ord(text[e.start]):04X}"
+            raise InvalidTextError(f"the text is not valid UTF-8 ({what} at character {e.start})") from None
+        if allow_special:
+            return self.tokenizer.encode(text, allow_special=True)
         return self.tokenizer.encode(text)
 
     def _check_ids(self, ids: Tensor) -> Tensor:
@@ -400,15 +436,25 @@ class Session:
         stop_tokens: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
         add_bos: bool = False,
+        *,
+        continue_conversation: bool = True,
+        **sampling_fields: Any,
     ) -> Iterator[str] | Iterator[list[str]]:
         """Yield text pieces as they come: ``str`` for one prompt, ``list[str]`` (one per row) for a list.
 
-        Continues the conversation; an empty prompt continues from the state (an error on a fresh
-        session). ``stop_tokens`` defaults to the tokenizer's eos; generation of a row stops at a stop
-        token (not shown) or a stop string (not shown, nor anything after it).
+        continue_conversation  True: the prompt follows the conversation held so far (an empty prompt
+                     continues from the state; an error on a fresh session). False: start over first.
+        sampling / sampling_fields  a ``SamplingConfig``, or its fields by keyword (``temperature=0.7,
+                     top_p=0.9, seed=1``); not both. Default: greedy.
+        ``stop_tokens`` defaults to the tokenizer's eos; generation of a row stops at a stop token (not
+        shown) or a stop string (not shown, nor anything after it; it stays in the state). Stats of
+        the call land in ``last_stats``.
         """
         from .generate import stream_text
 
+        sampling = sampling_config(sampling, sampling_fields)
+        if not continue_conversation:
+            self.reset(self.batch_size)
         return stream_text(self, prompt, max_new_tokens, sampling, stop_tokens, stop_strings, add_bos)
 
     def generate_ids(
@@ -417,21 +463,29 @@ class Session:
         max_new_tokens: int = 128,
         sampling: SamplingConfig | None = None,
         stop_tokens: Sequence[int] = (),
+        *,
+        continue_conversation: bool = True,
+        **sampling_fields: Any,
     ) -> list[list[int]]:
         """Token-level generation: new ids per row (a row's stop token is its last id). No text, no bos.
 
         ``prompt_ids``: ids of one row, or one list per row; empty lists continue from the state.
+        Other arguments as in ``stream``.
         """
         from .generate import GenerationStats, _check_args, start_generation, stream_tokens
         from .sampling import Sampler
 
         _check_args(max_new_tokens, ())
+        sampling = sampling_config(sampling, sampling_fields)
+        if not continue_conversation:
+            self.reset(self.batch_size)
         rows = [list(r) for r in prompt_ids] if prompt_ids and not isinstance(prompt_ids[0], int) \
             else [list(prompt_ids)]  # type: ignore[arg-type]
         sampler = Sampler(sampling)
         stats = GenerationStats(batch_size=len(rows), seed=sampler.seed, stopped=["length"] * len(rows))
         self.last_stats = stats
         logits = start_generation(self, rows, stats)
+        self.attach_sampler(sampler)
         should_stop = [False] * len(rows)
         out: list[list[int]] = [[] for _ in rows]
         done = [False] * len(rows)
@@ -450,9 +504,28 @@ class Session:
         stop_tokens: Sequence[int] | None = None,
         stop_strings: Sequence[str] = (),
         add_bos: bool = False,
+        *,
+        continue_conversation: bool = True,
+        **sampling_fields: Any,
     ) -> str | list[str]:
-        """The whole completion text (``str``, or ``list[str]`` for a list of prompts)."""
-        pieces = list(self.stream(prompt, max_new_tokens, sampling, stop_tokens, stop_strings, add_bos))
+        """The whole completion text (``str``, or ``list[str]`` for a list of prompts); arguments as in
+        ``stream``, e.g. ``sess.generate("x", temperature=0.7, max_new_tokens=32)``."""
+        pieces = list(self.stream(prompt, max_new_tokens, sampling, stop_tokens, stop_strings, add_bos,
+                                  continue_conversation=continue_conversation, **sampling_fields))
         if isinstance(prompt, str):
             return "".join(pieces)  # type: ignore[arg-type]
         return ["".join(row) for row in zip(*pieces, strict=True)] if pieces else ["" for _ in prompt]
+
+
+def sampling_config(sampling: SamplingConfig | None, fields: dict[str, Any]) -> SamplingConfig | None:
+    """One ``SamplingConfig`` from a config or its fields by keyword (not both; unknown names raise)."""
+    if not fields:
+        return sampling
+    if sampling is not None:
+        raise GenerationArgumentError(f"give sampling= or sampling keywords ({', '.join(fields)}), not both")
+    known = set(SamplingConfig.__dataclass_fields__)
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise GenerationArgumentError(f"unknown argument(s) {', '.join(unknown)}; sampling keywords are "
+                                      f"{', '.join(sorted(known))}")
+    return SamplingConfig(**fields)

@@ -4,8 +4,12 @@
 without batch, spec order) and which model it belongs to (a hash of the canonical config).
 ``RecurrentState`` holds one state: the tensors (B, *shape) float32, plus what a conversation needs
 to continue exactly: the logits for the next token (B, V) or the tokens chosen but not yet fed
-(B,), the recent tokens for the repetition penalty (B, RECENT_WINDOW) and the token count (B,).
-Its size never depends on the context length.
+(B,), the recent tokens for the repetition penalty (B, RECENT_WINDOW), the token count (B,) and,
+after a sampled run, the sampler's seed and random state (a resume with the same seed continues
+the draws of the uninterrupted run). Its size never depends on the context length.
+
+After a stop string the state holds every token the model produced, the stop string's included
+(it was generated, only not shown): a resumed conversation continues after the stop string.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,8 @@ STATE_FORMAT_VERSION = "1"
 STATE_CONVENTION = "scale_q"
 RECENT_WINDOW = MAX_REPETITION_WINDOW
 _EXTRA = "xlstm_edge."  # prefix of the non-recurrent tensors in a state file
-_LOGITS, _PENDING, _RECENT, _COUNT = (_EXTRA + k for k in ("logits", "pending", "recent", "num_tokens"))
+_LOGITS, _PENDING, _RECENT, _COUNT, _RNG = (_EXTRA + k for k in ("logits", "pending", "recent", "num_tokens",
+                                                                  "rng"))
 
 
 def config_hash(model_config: dict[str, Any]) -> str:
@@ -102,6 +108,7 @@ class RecurrentState:
     pending     (B,) int64 tokens chosen (and shown) but not yet fed to the model, or None
     recent      (B, RECENT_WINDOW) int64, most recent last, -1 = empty (for the repetition penalty)
     num_tokens  (B,) int64 tokens fed so far
+    rng         the sampler's ``(seed, generator state (N,) uint8)`` after a sampled run, else None
     """
 
     layout: StateLayout
@@ -110,6 +117,7 @@ class RecurrentState:
     pending: Tensor | None
     recent: Tensor
     num_tokens: Tensor
+    rng: tuple[int, Tensor] | None = None
 
     @classmethod
     def fresh(cls, layout: StateLayout, batch_size: int = 1) -> RecurrentState:
@@ -134,6 +142,7 @@ class RecurrentState:
             None if self.pending is None else self.pending.clone(),
             self.recent.clone(),
             self.num_tokens.clone(),
+            None if self.rng is None else (self.rng[0], self.rng[1].clone()),
         )
 
     def row(self, index: int) -> RecurrentState:
@@ -146,6 +155,7 @@ class RecurrentState:
             None if self.pending is None else self.pending[pick].clone(),
             self.recent[pick].clone(),
             self.num_tokens[pick].clone(),
+            None if self.rng is None else (self.rng[0], self.rng[1].clone()),
         )
 
     @classmethod
@@ -170,8 +180,9 @@ class RecurrentState:
         )
 
     # ---- files ---------------------------------------------------------------------------------
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a safetensors file; its metadata names the model (config hash) and the format."""
+    def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+        """Write a safetensors file atomically; its metadata names the model (config hash) and the
+        format, plus ``metadata`` (str -> str, e.g. a chat's messages)."""
         from safetensors.torch import save_file
 
         flat = {spec.input_name: t.contiguous() for spec, t in zip(self.layout.tensors, self.tensors, strict=True)}
@@ -181,6 +192,8 @@ class RecurrentState:
             flat[_LOGITS] = self.logits.contiguous()
         if self.pending is not None:
             flat[_PENDING] = self.pending.contiguous()
+        if self.rng is not None:
+            flat[_RNG] = self.rng[1].contiguous()
         meta = {
             "format": STATE_FORMAT,
             "format_version": STATE_FORMAT_VERSION,
@@ -188,18 +201,35 @@ class RecurrentState:
             "model_name": self.layout.model_name,
             "convention": STATE_CONVENTION,
             "batch_size": str(self.batch_size),
+            **({} if self.rng is None else {"rng_seed": str(self.rng[0])}),
+            **(metadata or {}),
         }
         path = Path(path)
+        if path.is_dir():
+            raise StateMismatchError(f"cannot write the state to {path}: it is a directory (name a file)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file(flat, str(path), metadata=meta)
+        # write beside the target, then rename: a reader (or a crash) never sees half a file
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{threading.get_ident()}")
+        try:
+            save_file(flat, str(tmp), metadata=meta)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike, layout: StateLayout) -> RecurrentState:
         """Read a state file and check that it belongs to the model of ``layout``."""
+        return cls.load_with_metadata(path, layout)[0]
+
+    @classmethod
+    def load_with_metadata(cls, path: str | os.PathLike, layout: StateLayout) -> tuple[RecurrentState, dict[str, str]]:
+        """``load``, plus the file's metadata (str -> str)."""
         from safetensors import SafetensorError, safe_open
 
         path = Path(path)
+        if path.is_dir():
+            raise StateMismatchError(f"state file {path} is a directory (name a file written by --state-out)")
         if not path.is_file():
             raise StateMismatchError(f"state file {path} does not exist")
         try:
@@ -223,7 +253,7 @@ class RecurrentState:
             )
         names = [t.input_name for t in layout.tensors]
         missing = [n for n in names + [_RECENT, _COUNT] if n not in flat]
-        unexpected = sorted(set(flat) - set(names) - {_RECENT, _COUNT, _LOGITS, _PENDING})
+        unexpected = sorted(set(flat) - set(names) - {_RECENT, _COUNT, _LOGITS, _PENDING, _RNG})
         if missing or unexpected:
             raise StateMismatchError(f"state file {path} does not match the model: missing {missing[:4]}, "
                                      f"unexpected {unexpected[:4]}")
@@ -242,4 +272,10 @@ class RecurrentState:
             if t is not None and (t.dtype != dtype or tuple(t.shape) != shape):
                 raise StateMismatchError(f"state file {path}: {name} is {t.dtype} {tuple(t.shape)}, "
                                          f"expected {dtype} {shape}")
-        return cls(layout, tensors, logits, pending, flat[_RECENT], flat[_COUNT])
+        rng = None
+        if _RNG in flat:
+            seed = meta.get("rng_seed", "")
+            if not seed.isdigit() or flat[_RNG].dtype != torch.uint8 or flat[_RNG].dim() != 1:
+                raise StateMismatchError(f"state file {path}: malformed sampler state (rng_seed {seed!r})")
+            rng = (int(seed), flat[_RNG])
+        return cls(layout, tensors, logits, pending, flat[_RECENT], flat[_COUNT], rng), meta

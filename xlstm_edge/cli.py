@@ -25,6 +25,8 @@ COMMANDS: list[str] = [
     "xlstm_edge.quant.cli:quantize_cmd",
     "xlstm_edge.runtime.cli:generate_cmd",
     "xlstm_edge.runtime.cli:bench_cmd",
+    "xlstm_edge.runtime.serve:serve_cmd",
+    "xlstm_edge.runtime.chat:chat_cmd",
     "xlstm_edge.train:train_cmd",
     "xlstm_edge.demo:demo_cmd",
 ]

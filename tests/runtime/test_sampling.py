@@ -11,6 +11,7 @@ from xlstm_edge.runtime.generate import StopStringFilter
 from xlstm_edge.runtime.sampling import (
     Sampler,
     SamplingConfig,
+    apply_presence_frequency,
     apply_repetition_penalty,
     filtered_logits,
     min_p_filter,
@@ -150,3 +151,19 @@ def test_stop_string_filter_across_pieces():
     assert "".join(t for t, _ in out) == "abc" and out[-1][1]
     f = StopStringFilter(["zz"])
     assert f.push("az")[0] == "a" and f.flush() == "z"
+
+
+def test_presence_and_frequency_penalties_against_a_loop(seed):
+    B, V, W = 3, 11, 9
+    logits = torch.randn(B, V)
+    recent = torch.randint(-1, V, (B, W))  # -1: empty slots
+    presence, frequency = float(torch.rand(()) * 2 - 1), float(torch.rand(()) * 2 - 1)
+    got = apply_presence_frequency(logits, recent, presence, frequency)
+    want = logits.clone().double()
+    for b in range(B):
+        for t in range(V):
+            count = sum(1 for r in recent[b].tolist() if r == t)
+            want[b, t] -= presence * (count > 0) + frequency * count
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-6), seed
+    with pytest.raises(GenerationArgumentError, match="presence_penalty"):
+        SamplingConfig(presence_penalty=2.5)
