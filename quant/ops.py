@@ -20,6 +20,8 @@ same integers as this reference.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -86,16 +88,15 @@ def _check_group(x: Tensor, weight: Tensor, scales: Tensor, group: int) -> int:
     return nb
 
 
-def _blockwise(q: Tensor, weight: Tensor, scales: Tensor, block: int) -> list[tuple[Tensor, Tensor]]:
-    """Per block b of K: (exact integer product (M, N) float64, weight scales (N,) float64)."""
+def _blockwise(q: Tensor, weight: Tensor, scales: Tensor, block: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Per block b of K: (exact integer product (M, N) float64, weight scales (N,) float64), one block
+    at a time (a list of them held 24 products of (256, 50304) float64, 2.5 GB, for an int4 LM head)."""
     N, K = weight.shape
-    out = []
     for b, k0 in enumerate(range(0, K, block)):
         k1 = min(k0 + block, K)
         acc = q[:, k0:k1].double() @ weight[:, k0:k1].double().t()  # exact: |partial sums| < 2^53
         ws = scales.double() if scales.dim() == 1 else scales[:, b].double()
-        out.append((acc, ws))
-    return out
+        yield acc, ws
 
 
 @torch.library.custom_op("xlstm_quant::linear_a8w8_token_group", mutates_args=())

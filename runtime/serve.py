@@ -14,6 +14,7 @@ flight, and exits.
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,10 @@ def serve_cmd(package: Path, host: str, port: int, backend: str | None, model_na
     app, engine = build_server(session, package, opts)
     click.echo(f"serving {app.title} model {model_name or package.resolve().name} ({session.backend.describe()}) "
                f"on http://{host}:{port}/v1, {max_batch} slots", err=True)
+    # the server drains on SIGTERM itself (uvicorn), then re-raises it: with the default handler back in
+    # place (the command line's own removes staging directories and exits, for commands that write them)
+    # the process then ends as killed by SIGTERM, as a server should
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
     finally:

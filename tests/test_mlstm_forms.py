@@ -35,9 +35,13 @@ def test_chunkwise_and_parallel_match_float64_recurrence(seed, S, chunk, with_st
     st64 = tuple(t.double() for t in st32) if with_state else None
     h_ref, (C_ref, n_ref, m_ref) = mlstm_recurrent(*x64, state=st64)
     naive = mlstm_recurrent(*x32, state=st32)
-    # 1e-6, or twice what the plain fp32 token loop itself gets on this draw (its rounding floor:
-    # h divides by max(|q.n|, exp(-m)), which amplifies rounding when q.n is small)
-    tol = max(1e-6, 2 * rel_err(naive[0], h_ref))
+    # 1e-6, or 8x what the plain fp32 token loop itself gets on this draw (its rounding floor: h
+    # divides by max(|q.n|, exp(-m)), which amplifies rounding when q.n is small). The chunkwise and
+    # parallel forms round as much, in another order (matrix products over a chunk or the whole
+    # sequence instead of a running sum), so their error is of the loop's size, not below twice it:
+    # seed 995407913 (S 33, chunk 8, no state) gave parallel 2.1e-6 against the loop's 0.7e-6. A wrong
+    # gate, mask or chunk boundary is off by 1e-2 or more.
+    tol = max(1e-6, 8 * rel_err(naive[0], h_ref))
     for name, (h, (C, n, m)) in {
         "chunkwise": mlstm_chunkwise(*x32, state=st32, chunk_size=chunk),
         "parallel": mlstm_parallel(*x32, state=st32),

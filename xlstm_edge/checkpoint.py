@@ -568,10 +568,15 @@ def write_random_checkpoint(
     max_shard_bytes: int | None = 2**30,
     overwrite: bool = False,
     progress: bool = False,
+    norm_jitter: float = 0.0,
 ) -> Path:
     """A randomly initialized model (``init_weights``' scheme) written block by block in ``dtype``: the
     model is never whole in memory (one block in float32 and one shard at a time), so a 7B checkpoint
-    can be made on a laptop. The layout is ``save_checkpoint``'s; returns ``out_dir``."""
+    can be made on a laptop. The layout is ``save_checkpoint``'s; returns ``out_dir``.
+
+    ``norm_jitter``: norm weights 1 + jitter * N(0, 1) instead of exactly 1, as in a trained model (an
+    untrained model's int8 embedding rows then sit on exact rounding ties: see ``quant.probe``).
+    """
     import math
 
     from tqdm import tqdm
@@ -592,9 +597,11 @@ def write_random_checkpoint(
             block = sLSTMBlock(config) if kinds[idx] == "s" else mLSTMBlock(config)
             init_block_weights(block, config)
             for name, t in block.state_dict().items():
+                if norm_jitter and "norm" in name and name.endswith("weight"):
+                    t = t + norm_jitter * torch.randn(t.shape, generator=generator)
                 yield f"backbone.blocks.{idx}.{name}", t.to(dtype)
         if config.add_out_norm:
-            yield "backbone.out_norm.weight", torch.ones(D, dtype=dtype)
+            yield "backbone.out_norm.weight", (1 + norm_jitter * torch.randn(D, generator=generator)).to(dtype)
             if config.use_bias:
                 yield "backbone.out_norm.bias", torch.zeros(D, dtype=dtype)
         if not config.tie_word_embeddings:

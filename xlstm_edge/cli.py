@@ -111,7 +111,7 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         from .publish import handle_sigterm
 
-        handle_sigterm()  # SIGTERM unwinds like Ctrl-C: staging directories are removed
+        handle_sigterm()  # SIGTERM removes staging directories and exits (143)
         try:
             return super().invoke(ctx)
         except MemoryError:

@@ -10,8 +10,10 @@ Every command that writes a directory writes it into a hidden staging directory 
 The staging directory gets the mode a plain ``mkdir`` would (0777 less the umask), so the finished
 directory is readable like any other (``tempfile.mkdtemp``'s 0700 would stay on it). A process killed
 outright (SIGKILL, out of memory) cannot clean up: the next ``publishing`` of the same NAME removes
-staging directories whose process is gone (``remove_stale``). ``handle_sigterm`` turns SIGTERM into
-``SystemExit`` so that ``finally`` blocks, and with them this cleanup, run.
+staging directories whose process is gone (``remove_stale``). ``handle_sigterm`` makes SIGTERM remove
+this process's staging directories and exit with status 143 (128 + 15) at once. It does not raise
+into the running code: an exception raised from a signal handler in the middle of torch's exporters
+crashed the interpreter now and then (SIGSEGV instead of a clean exit).
 """
 
 from __future__ import annotations
@@ -71,16 +73,21 @@ def check_target(out: Path, replace: bool, error: type[Exception] = PublishError
         raise error(f"parent directory {out.parent} does not exist")
 
 
+_ACTIVE: set[Path] = set()  # this process's staging directories (SIGTERM removes them)
+
+
 def staging_dir(out: Path, kind: str = "partial") -> Path:
     """A new, empty hidden directory beside ``out`` with a plain directory's mode."""
     tmp = out.parent / f".{out.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir()  # mode 0777 & ~umask, as any directory the user makes
+    _ACTIVE.add(tmp)
     return tmp
 
 
 def move_into_place(tmp: Path, out: Path, replace: bool, error: type[Exception] = PublishError) -> None:
     """Rename the finished ``tmp`` to ``out``. With ``replace`` an existing ``out`` is moved aside first,
     then deleted (or put back if the swap fails)."""
+    _ACTIVE.discard(tmp)
     if not out.exists():
         os.replace(tmp, out)
         return
@@ -128,19 +135,21 @@ def publishing(out: str | os.PathLike[str], *, replace: bool = False,
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _raise_exit(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
+def _clean_exit(signum: int, frame: object) -> None:
+    for tmp in list(_ACTIVE):
+        shutil.rmtree(tmp, ignore_errors=True)
+    os._exit(128 + signum)
 
 
 def handle_sigterm() -> None:
-    """SIGTERM raises ``SystemExit(143)`` in the main thread, so cleanup (``finally``) runs as for Ctrl-C.
+    """On SIGTERM remove this process's staging directories and exit with 128 + 15 at once.
 
     Only from the main thread (``signal`` refuses elsewhere); a no-op there otherwise.
     """
     import threading
 
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_exit)
+        signal.signal(signal.SIGTERM, _clean_exit)
 
 
 __all__ = ["PublishError", "check_target", "handle_sigterm", "move_into_place", "plain_modes", "publishing", "remove_stale",
