@@ -13,19 +13,10 @@
 # Makes `xlstm_edge` (with xlstm_edge.kernels -> kernels/) importable without pip: a shadow package
 # of symlinks, imported before pytest can put the repository root first on sys.path. NX-AI's
 # mlstm_kernels (a benchmark comparator only) is installed from .whl/ when that folder is there.
-set -uo pipefail
 OUT=${OUT:-/tmp/kernels_out}
 STAGES=${STAGES:-precision tests memcheck train bench}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-ROOT=$(pwd)
+source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW, $XLSTM_SHADOW)
 LOG="$OUT/gpu_check.log"
-SHADOW=$(mktemp -d)
-mkdir "$SHADOW/xlstm_edge"
-for f in "$ROOT"/xlstm_edge/*; do ln -s "$f" "$SHADOW/xlstm_edge/"; done
-ln -s "$ROOT/kernels" "$SHADOW/xlstm_edge/kernels"
-export PYTHONPATH="$SHADOW:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export XLSTM_SHADOW="$SHADOW"
 if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
         && export PYTHONPATH="$PYTHONPATH:/tmp/site"

@@ -5,19 +5,7 @@
 # memory past a tile at the demo model's shape). Run from the repository root on the GPU machine:
 #     OUT=/tmp/out bash bench/gpu_memcheck.sh        (bench/gpu_check.sh calls it as its `memcheck` stage)
 # Writes $OUT/memcheck.log; exits non-zero on any memcheck error or test failure.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-ROOT=$(pwd)
-SHADOW=${XLSTM_SHADOW:-}
-if [ -z "$SHADOW" ]; then  # the same shadow package as gpu_check.sh: xlstm_edge.kernels -> kernels/
-    SHADOW=$(mktemp -d)
-    mkdir "$SHADOW/xlstm_edge"
-    for f in "$ROOT"/xlstm_edge/*; do ln -s "$f" "$SHADOW/xlstm_edge/"; done
-    ln -s "$ROOT/kernels" "$SHADOW/xlstm_edge/kernels"
-    export PYTHONPATH="$SHADOW:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 cat >"$SHADOW/run_memcheck_tests.py" <<'PY'
 import sys
 

@@ -6,19 +6,7 @@
 #    (B 16, NH 4, S 2048, 96/192): per kernel duration, SM / memory throughput, tensor-pipe use,
 #    occupancy, registers. Full reports in $OUT/ncu_*.txt.
 # 2. torch.profiler over `small` preset training steps: device time per kernel family.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-ROOT=$(pwd)
-SHADOW=${XLSTM_SHADOW:-}
-if [ -z "$SHADOW" ]; then
-    SHADOW=$(mktemp -d)
-    mkdir "$SHADOW/xlstm_edge"
-    for f in "$ROOT"/xlstm_edge/*; do ln -s "$f" "$SHADOW/xlstm_edge/"; done
-    ln -s "$ROOT/kernels" "$SHADOW/xlstm_edge/kernels"
-    export PYTHONPATH="$SHADOW:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis --section WarpStateStats --section MemoryWorkloadAnalysis"
 for shape in "8 8 8192 256 512" "16 4 2048 96 192"; do
     tag=$(echo "$shape" | tr ' ' '_')

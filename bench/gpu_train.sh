@@ -9,18 +9,7 @@
 # MFU = tokens/s x FLOPs per token / peak, with FLOPs per token = 6 x (parameters less the input
 # embedding) + the mLSTM cells' fwd+bwd FLOPs (bench/kernels.py's count), and peak both the measured
 # bf16 matmul rate (8192^3) and the H100 SXM datasheet dense bf16 figure, 989 TFLOP/s.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-ROOT=$(pwd)
-SHADOW=${XLSTM_SHADOW:-}
-if [ -z "$SHADOW" ]; then  # the same shadow package as gpu_check.sh: xlstm_edge.kernels -> kernels/
-    SHADOW=$(mktemp -d)
-    mkdir "$SHADOW/xlstm_edge"
-    for f in "$ROOT"/xlstm_edge/*; do ln -s "$f" "$SHADOW/xlstm_edge/"; done
-    ln -s "$ROOT/kernels" "$SHADOW/xlstm_edge/kernels"
-fi
+source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 # `python -m` puts the working directory first on sys.path: run from the shadow's folder
 # train SECONDS ARGS...: one `xlstm-edge train` run under a time limit
 train() { local t=$1; shift; (cd "$SHADOW" && PYTHONPATH="$SHADOW:$ROOT" timeout "$t" python3 -m xlstm_edge.train "$@"); }
