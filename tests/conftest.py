@@ -10,10 +10,16 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def fresh_seed() -> int:
+    """A fresh random seed, or ``XLSTM_EDGE_SEED`` when set (to replay a failure's printed seed)."""
+    fixed = os.environ.get("XLSTM_EDGE_SEED")
+    return int(fixed) if fixed else int.from_bytes(os.urandom(4), "little")
+
+
 @pytest.fixture
 def seed(request) -> int:
     """A fresh seed per test, reported in the test's name on failure via the assertion messages."""
-    value = int.from_bytes(os.urandom(4), "little")
+    value = fresh_seed()
     torch.manual_seed(value)
     return value
 

@@ -11,14 +11,13 @@ sharded saves, and the official xlstm_large layout (single and fused) built from
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.conftest import max_rel_err, randomize_, rel_err
+from tests.conftest import fresh_seed, max_rel_err, randomize_, rel_err
 from xlstm_edge.checkpoint import load_checkpoint, save_checkpoint
 
 transformers = pytest.importorskip("transformers")
@@ -27,6 +26,13 @@ from transformers.models.xlstm.modeling_xlstm import xLSTMCache  # noqa: E402
 # Bound from a sweep of 36 random models (12 per shape): parallel/chunkwise vs HF rel <= 3.4e-6 (max_rel
 # 1.8e-5), our steps vs HF's steps rel <= 7.6e-7. Our steps vs HF's full sequence: see the step test.
 RTOL = 2e-5
+# ... unless the draw is ill-conditioned. Some random models amplify float32 rounding a hundredfold (one
+# seed: a per-head LayerNorm over an h row of std 1.7e-3 blows its rounding up to 3e-3): there the float64
+# model's logits move by 6e-5 when its weights are merely perturbed at float32 rounding, so no float32
+# evaluation, ours or transformers', can be held to 2e-5. The bound is then COND_FACTOR x that measured
+# sensitivity. Sweep of 24 draws (2026-12-04): ours vs HF / sensitivity = 0.7..2.4 on ordinary draws, 3.1
+# on the ill-conditioned one (1.84e-4 against a sensitivity of 6.0e-5).
+COND_FACTOR = 8.0
 SEQ = 37  # not a multiple of the chunk size: the last chunk is partial
 STEPS = 20  # tokens fed one by one (a Python loop in both models: the slow part of this file)
 
@@ -41,6 +47,21 @@ def _hf_config(vocab: int, hidden: int, heads: int, blocks: int, **extra) -> tra
     )
 
 
+def float32_sensitivity(checkpoint: Path, ids: torch.Tensor, trials: int = 2) -> float:
+    """The draw's conditioning: the largest rel change of the float64 model's logits (B, S, V) when every
+    weight is perturbed by float32 rounding (relative, uniform in +-2^-24), over ``trials`` perturbations."""
+    model = load_checkpoint(checkpoint, dtype=torch.float64)
+    with torch.no_grad():
+        exact, _ = model(ids, form="parallel")
+        moved = []
+        for _ in range(trials):
+            perturbed = load_checkpoint(checkpoint, dtype=torch.float64)
+            for p in perturbed.parameters():
+                p.mul_(1 + (torch.rand_like(p) - 0.5) * 2.0**-23)
+            moved.append(rel_err(perturbed(ids, form="parallel")[0], exact))
+    return max(moved)
+
+
 def _check(actual: torch.Tensor, expected: torch.Tensor, what: str, seed: int, rtol: float = RTOL) -> None:
     """rel_err <= rtol and max_rel_err <= 4 * rtol (the element-wise figure is the noisier one)."""
     rel, max_rel = rel_err(actual, expected), max_rel_err(actual, expected)
@@ -53,7 +74,7 @@ class HFCase:
     """One random HF model saved to disk, with its inputs and reference logits."""
 
     def __init__(self, shape: tuple[int, int, int, int], root: Path):
-        self.seed = int.from_bytes(os.urandom(4), "little")
+        self.seed = fresh_seed()
         torch.manual_seed(self.seed)
         vocab, hidden, heads, blocks = shape
         self.shape = shape
@@ -63,6 +84,8 @@ class HFCase:
         self.ids = torch.randint(0, vocab, (2, SEQ))
         with torch.no_grad():
             self.ref = self.hf(self.ids).logits  # (B, S, V)
+        self.sensitivity = float32_sensitivity(self.dir, self.ids)
+        self.rtol = max(RTOL, COND_FACTOR * self.sensitivity)
 
 
 @pytest.fixture(scope="module", params=SHAPES, ids=lambda s: "V{}-D{}-NH{}-L{}".format(*s))
@@ -76,9 +99,9 @@ def test_sequence_forms_match_hf(case: HFCase) -> None:
     assert not model.training
     for form in ("parallel", "chunkwise"):
         logits, _ = model(case.ids, form=form)
-        _check(logits, case.ref, f"{form} vs HF, shape {case.shape}", case.seed)
+        _check(logits, case.ref, f"{form} vs HF, shape {case.shape}", case.seed, case.rtol)
     logits, _ = model(case.ids, form="chunkwise", chunk_size=8)
-    _check(logits, case.ref, f"chunkwise (chunk 8) vs HF, shape {case.shape}", case.seed)
+    _check(logits, case.ref, f"chunkwise (chunk 8) vs HF, shape {case.shape}", case.seed, case.rtol)
 
 
 @torch.no_grad()
@@ -101,13 +124,13 @@ def test_step_matches_hf_full_and_hf_cached_steps(case: HFCase) -> None:
     hf_forms_gap = rel_err(theirs_t, case.ref[:, :STEPS])
     _check(
         ours_t, case.ref[:, :STEPS], f"step vs HF full sequence (HF's steps vs it: {hf_forms_gap:.1e}), "
-        f"shape {case.shape}", case.seed, rtol=max(RTOL, 2 * hf_forms_gap),
+        f"shape {case.shape}", case.seed, rtol=max(case.rtol, 2 * hf_forms_gap),
     )
-    _check(ours_t, theirs_t, f"step vs HF cached steps, shape {case.shape}", case.seed)
+    _check(ours_t, theirs_t, f"step vs HF cached steps, shape {case.shape}", case.seed, case.rtol)
     # the state after the sequence is HF's cache: C (B,NH,DQK,DV), n (B,NH,DQK), m (B,NH,1) per block
     for layer, (C, n, m) in cache.rnn_state.items():
         for name, theirs_state in (("C", C), ("n", n), ("m", m[..., 0])):
-            _check(state[layer][name], theirs_state, f"final state {layer}.{name}", case.seed)
+            _check(state[layer][name], theirs_state, f"final state {layer}.{name}", case.seed, case.rtol)
 
 
 @torch.no_grad()
@@ -128,7 +151,7 @@ def test_hf_sharded_save_loads(case: HFCase, tmp_path: Path) -> None:
     shards = sorted(p.name for p in tmp_path.glob("*.safetensors"))
     assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").is_file(), shards
     logits, _ = load_checkpoint(tmp_path)(case.ids)
-    _check(logits, case.ref, f"sharded HF save, shape {case.shape}", case.seed)
+    _check(logits, case.ref, f"sharded HF save, shape {case.shape}", case.seed, case.rtol)
 
 
 # ---- the official xlstm_large layout ---------------------------------------------------------------
@@ -177,7 +200,8 @@ def test_xlstm_large_layout_loads(case: HFCase, tmp_path: Path, fused: bool) -> 
     save_file(tensors, str(weights))
     for path, form in ((tmp_path, "parallel"), (weights, "chunkwise")):
         logits, _ = load_checkpoint(path)(case.ids, form=form)
-        _check(logits, case.ref, f"xlstm_large {'fused' if fused else 'single'} from {path.name}, {form}", case.seed)
+        _check(logits, case.ref, f"xlstm_large {'fused' if fused else 'single'} from {path.name}, {form}", case.seed,
+               case.rtol)
 
 
 @torch.no_grad()
