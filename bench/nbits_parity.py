@@ -17,8 +17,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 torch.manual_seed(0)
-for K in (768, 2048, 4096):
-    N, block = 512, 128
+for K, N in ((768, 512), (2048, 512), (4096, 512), (2048, 50304)):
+    block = 128
     w = torch.randn(N, K) * 0.02
     q, s = quantize_per_channel_symmetric(w, axis=0)
     packed, scales = pack_matmulnbits(q.numpy(), s.numpy(), block, 8)
