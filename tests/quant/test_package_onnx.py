@@ -48,7 +48,7 @@ def test_manifest_reports_scheme_and_quality(ort_built, scheme, embedding):
         assert quality["eval"][key] == quality["eval"][key]  # not NaN
     assert quality["size"]["quantized_bytes"] < quality["size"]["fp32_bytes"]
     tight = manifest.parity["int8"]["tight"]
-    assert tight["graphs"] == "package" and tight["blocks"] == [0, 1]  # 2 blocks: no probe needed
+    assert tight["graphs"] == "probe" and tight["blocks"] == [0, 1]  # every model: its probe (quant.probe)
     assert tight["step_vs_eager_int8"]["median_rel_err"] < 1e-4
     assert tight["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
 

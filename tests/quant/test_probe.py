@@ -9,7 +9,7 @@ import torch
 from xlstm_edge.export.metadata import read_manifest
 from xlstm_edge.quant import package as package_module
 from xlstm_edge.quant.handler import QuantizationError
-from xlstm_edge.quant.probe import needs_probe, probe_blocks, probe_model
+from xlstm_edge.quant.probe import NORM_JITTER, is_norm_weight, needs_probe, probe_blocks, probe_model
 
 from tests.conftest import rel_err
 from tests.quant.conftest import make_model, quantize
@@ -23,7 +23,7 @@ def deep_model():
 def test_probe_keeps_first_block_of_each_kind_with_its_weights():
     model = deep_model()
     assert needs_probe(model.config) and probe_blocks(model.config) == [0, 1]
-    probe = probe_model(model)
+    probe = probe_model(model, norm_jitter=0.0)
     assert probe.config.block_types() == ["m", "s"] and probe.config.slstm_at == [1]
     for j, i in enumerate(probe_blocks(model.config)):
         for (name, a), (_, b) in zip(probe.backbone.blocks[j].state_dict().items(),
@@ -45,13 +45,36 @@ def test_probe_keeps_first_block_of_each_kind_with_its_weights():
     assert rel_err(got, model(ids)[0]) > 1e-3  # and the blocks it drops do matter in the model
 
 
-def test_probe_path_is_checked_and_recorded(ort_built, tmp_path, monkeypatch):
-    """The 2-block test model through the probe path (the probe is then the whole model: the path's
-    wiring is what is tested here; the cut itself above)."""
-    monkeypatch.setattr("xlstm_edge.quant.probe.PROBE_ABOVE_BLOCKS", 1)
+def test_probe_norm_weights_leave_the_stored_grid_and_nothing_else_changes():
+    """Norm weights stored on a grid (bfloat16; all ones untrained) are moved off it, by ~NORM_JITTER,
+    the same way each time; every other weight is the model's own."""
+    model = deep_model()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if is_norm_weight(name):
+                param.copy_(param.bfloat16().float())
+        model.backbone.blocks[0].norm_mlstm.weight.fill_(1.0)
+    probe, again = probe_model(model), probe_model(model)
+    stored = probe_model(model, norm_jitter=0.0).state_dict()
+    norms = [name for name in stored if is_norm_weight(name)]
+    assert len(norms) == 7  # two blocks' pre-norms and FFN norms, per-head and group norms, output norm
+    for name, value in probe.state_dict().items():
+        assert torch.equal(value, again.state_dict()[name]), name
+        if name not in norms:
+            assert torch.equal(value, stored[name]), name
+            continue
+        ratio = value / stored[name] - 1
+        assert 0.2 * NORM_JITTER < float(ratio.std()) < 5 * NORM_JITTER, name
+        assert not torch.equal(value.bfloat16().float(), value), f"{name} still on the bfloat16 grid"
+
+
+def test_probe_path_is_checked_and_recorded(ort_built, tmp_path):
+    """The 2-block test model through the probe path (every quantized export checks its probe: here
+    the whole model, norm weights jittered)."""
     result = quantize(ort_built.package, tmp_path / "int8", "int8-dynamic")
     parity = read_manifest(result.out).parity["int8"]
     assert parity["tight"]["graphs"] == "probe" and parity["tight"]["blocks"] == [0, 1]
+    assert parity["tight"]["norm_jitter"] == NORM_JITTER
     assert parity["tight"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
     assert parity["tight"]["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"], "the probe's graphs are removed"
@@ -60,7 +83,6 @@ def test_probe_path_is_checked_and_recorded(ort_built, tmp_path, monkeypatch):
 def test_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_path, monkeypatch):
     """A systematic 1e-3 difference (within the loose bound on the package's own graphs) is refused,
     the message naming the probe's graph, and nothing is left behind."""
-    monkeypatch.setattr("xlstm_edge.quant.probe.PROBE_ABOVE_BLOCKS", 1)
 
     class Off(package_module.EagerGraph):  # the eager int8 reference, off by 1e-3; float32 as it is
         def __init__(self, model, *args):
@@ -74,15 +96,3 @@ def test_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_
     with pytest.raises(QuantizationError, match=r"graph \(probe"):
         quantize(ort_built.package, tmp_path / "off", "int8-dynamic")
     assert not list(tmp_path.iterdir())
-
-
-def test_grid_tie_hint_only_for_unit_norms_int8_embedding_and_per_block():
-    from xlstm_edge.quant.probe import grid_tie_hint
-
-    model = make_model("tiny", 0, num_hidden_layers=2, hidden_size=32, chunk_size=8)
-    assert grid_tie_hint(model, "int8", "per_block") is None  # perturbed norms: values off the grid
-    with torch.no_grad():
-        model.backbone.blocks[0].norm_mlstm.weight.fill_(1.0)
-    assert "norm weights are all exactly 1" in grid_tie_hint(model, "int8", "per_block")
-    assert grid_tie_hint(model, "fp32", "per_block") is None
-    assert grid_tie_hint(model, "int8", "per_token") is None
