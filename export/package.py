@@ -39,7 +39,7 @@ from .verify import ParityError, parity_check
 
 FORMATS: dict[str, str] = {"onnx": "onnxruntime", "executorch": "executorch"}  # --format -> manifest backend
 STAGES: dict[str, list[str]] = {
-    "onnx": ["step graph", "prefill graph", "genai graph", "shared weights", "onnx checker", "tokenizer", "parity",
+    "onnx": ["step graph", "prefill graph", "tokenizer", "parity", "genai graph", "shared weights", "onnx checker",
              "genai parity", "manifest"],
     "executorch": ["export + lower to XNNPACK", "tokenizer", "parity", "manifest"],
 }
@@ -197,20 +197,6 @@ def export_package(
                     "prefill graph", lambda: export_onnx_method(model, "prefill", T, tmp / "prefill.onnx")
                 ),
             }
-            extra_files: list[str] = []
-            if genai:
-                try:
-                    conv, rec = slot_shapes(config)
-                    timed("genai graph", lambda: export_genai_graph(model, tmp / GRAPH_NAME))
-                    extra_files.append(GRAPH_NAME)
-                    genai_info = GenAIInfo(graph=GRAPH_NAME, config=None, conv_state=["batch", *conv],
-                                           recurrent_state=["batch", *rec])
-                except GenAIStateError as e:
-                    genai_info = GenAIInfo(graph=None, config=None, refused=str(e))
-            shared = timed("shared weights", lambda: share_graph_weights(tmp, graphs, model, extra_files))
-            weights_index = shared["index"]
-            timed("onnx checker", lambda: [check_onnx(tmp / f) for f in [*(g.file for g in graphs.values()),
-                                                                         *extra_files]])
             make_runner = lambda: OnnxRunner(tmp, graphs)  # noqa: E731
             parity_batch = PARITY_BATCH_DYNAMIC
         else:
@@ -233,6 +219,21 @@ def export_package(
         )
         if not report.passed:
             raise ParityError(f"{FORMATS[fmt]} graphs disagree with the model: {report.summary()}")
+        if fmt == "onnx":  # after the package's own parity: a refused export pays for no GenAI graph
+            extra_files: list[str] = []
+            if genai:
+                try:
+                    conv, rec = slot_shapes(config)
+                    timed("genai graph", lambda: export_genai_graph(model, tmp / GRAPH_NAME))
+                    extra_files.append(GRAPH_NAME)
+                    genai_info = GenAIInfo(graph=GRAPH_NAME, config=None, conv_state=["batch", *conv],
+                                           recurrent_state=["batch", *rec])
+                except GenAIStateError as e:
+                    genai_info = GenAIInfo(graph=None, config=None, refused=str(e))
+            shared = timed("shared weights", lambda: share_graph_weights(tmp, graphs, model, extra_files))
+            weights_index = shared["index"]
+            timed("onnx checker", lambda: [check_onnx(tmp / f) for f in [*(g.file for g in graphs.values()),
+                                                                         *extra_files]])
         if genai_info is not None and genai_info.graph is not None:
             gen = timed("genai parity", lambda: genai_parity(model, tmp, T, parity_steps, tolerance))
             if not gen.passed:

@@ -68,9 +68,9 @@ def check_package(package, check_rewind: bool = False) -> None:
         assert genai_greedy(model, ids, NEW_TOKENS, gen) == first == theirs  # rewind_to(0) zeroes the state
 
 
-def test_float32_ms_package_runs_in_ort_genai(packages):
-    """The session's tiny-ms float32 package (mLSTM, sLSTM, mLSTM blocks); GenAI parity recorded at export."""
-    package = packages["onnxruntime"]
+def test_float32_ms_package_runs_in_ort_genai(ort_built):
+    """The session's xLSTM[m:s] float32 package (an mLSTM then an sLSTM block); GenAI parity recorded at export."""
+    package = ort_built.package
     parity = read_manifest(package).genai["parity"]
     assert parity["passed"] and parity["max_rel_dlogits"] <= parity["bound_rel"]
     check_package(package, check_rewind=True)
