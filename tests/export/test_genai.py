@@ -162,3 +162,46 @@ def test_subgraph_initializers_survive_the_nbits_pass():
     scan = helper.make_node("Scan", ["h0"], ["h"], body=body, num_scan_inputs=0)
     main = helper.make_graph([scan], "main", [], [])
     assert {"h0", "W_outer"} <= graph_reads(main)
+
+
+def test_ort_genai_gives_every_layer_the_shapes_of_layer_0(tmp_path):
+    """The limit behind the refusal, shown on a hand-made graph: a layer 1 recurrent_state of another
+    shape than layer 0's (even with as many floats) is bound with layer 0's shape and ONNX Runtime
+    rejects it (onnxruntime-genai src/models/recurrent_state.cpp: conv_shape_ / recurrent_shape_ come
+    from the first layer's inputs, and every layer's buffers are allocated with them)."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    V = 260
+    shapes = [((2, 5), (2, 4, 8)), ((2, 5), (1, 1, 64))]
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, V])]
+    nodes = [helper.make_node("Cast", ["input_ids"], ["xf"], to=TensorProto.FLOAT),
+             helper.make_node("Slice", ["xf", "st", "en", "ax"], ["xl"]),
+             helper.make_node("Unsqueeze", ["xl", "ax2"], ["xu"]),
+             helper.make_node("Mul", ["xu", "cv"], ["logits"])]
+    inits = [helper.make_tensor("st", TensorProto.INT64, [1], [-1]),
+             helper.make_tensor("en", TensorProto.INT64, [1], [2**62]),
+             helper.make_tensor("ax", TensorProto.INT64, [1], [1]), helper.make_tensor("ax2", TensorProto.INT64, [1], [2]),
+             helper.make_tensor("cv", TensorProto.FLOAT, [1, 1, V], np.linspace(0, 1, V).tolist()),
+             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])]
+    for i, (conv, rec) in enumerate(shapes):
+        for slot, shape in (("conv_state", conv), ("recurrent_state", rec)):
+            past, present = f"past_key_values.{i}.{slot}", f"present.{i}.{slot}"
+            inputs.append(helper.make_tensor_value_info(past, TensorProto.FLOAT, ["batch", *shape]))
+            outputs.append(helper.make_tensor_value_info(present, TensorProto.FLOAT, ["batch", *shape]))
+            nodes.append(helper.make_node("Add", [past, "one"], [present]))
+    graph = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 20)])
+    graph.ir_version = 10
+    onnx.save(graph, str(tmp_path / GRAPH_NAME))
+    model = make_model("tiny", 0, num_hidden_layers=2, hidden_size=32)
+    from xlstm_edge.export.genai import write_genai_config
+
+    write_genai_config(model, tmp_path, TokenizerEntry("tokenizer.json", 256, 257, 258, 260))
+    params = og.GeneratorParams(og_model := og.Model(str(tmp_path)))
+    params.set_search_options(max_length=12)
+    gen = og.Generator(og_model, params)
+    with pytest.raises(Exception, match="invalid dimensions for input: past_key_values.1.recurrent_state"):
+        gen.append_tokens([1, 2, 3])
