@@ -6,6 +6,7 @@ A package is a directory::
     tokenizer.json      the tokenizer (copied from the checkpoint, or the byte-level one)
     step.onnx, prefill.onnx (+ .onnx.data above 2 GB)   backend "onnxruntime"
     model.pte (methods "step" and "prefill")              backend "executorch"
+    genai.onnx + genai_config.json (ONNX Runtime GenAI's graph, ``export/genai.py``; manifest key ``genai``)
 
 Graph I/O (positional in this order for ExecuTorch methods, by name for ONNX):
     step     input_ids (B, 1) int64, every past.{layer}.{name}
