@@ -169,6 +169,10 @@ def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch
             log.close()
             raise click.ClickException(str(e)) from None
     click.echo(f"parity: {_parity_line(result.manifest.parity)}", err=True)
+    genai = result.manifest.genai
+    if genai is not None:
+        click.echo(f"onnxruntime-genai: {_parity_line(genai['parity'])}" if "parity" in genai else
+                   f"onnxruntime-genai: no genai.onnx: {genai['refused']}", err=True)
     click.echo(f"wrote {out} in {result.timings['total']:.1f} s")
 
 

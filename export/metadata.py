@@ -6,6 +6,7 @@ A package is a directory::
     tokenizer.json      the tokenizer (copied from the checkpoint, or the byte-level one)
     step.onnx, prefill.onnx (+ .onnx.data above 2 GB)   backend "onnxruntime"
     model.pte (methods "step" and "prefill")              backend "executorch"
+    genai.onnx + genai_config.json (ONNX Runtime GenAI's graph, ``export/genai.py``; manifest key ``genai``)
 
 Graph I/O (positional in this order for ExecuTorch methods, by name for ONNX):
     step     input_ids (B, 1) int64, every past.{layer}.{name}
@@ -127,6 +128,9 @@ class Manifest:
     # where each float parameter lies in the package's own files (ONNX: weights.bin offsets, see
     # ``export.onnx_weights.weights_index``), so that ``xlstm-edge quantize`` needs no checkpoint
     weights: dict[str, Any] | None = None
+    # ONNX Runtime GenAI (``export/genai.py``): {"graph": "genai.onnx", "config": "genai_config.json",
+    # "conv_state", "recurrent_state" (slot shapes), "parity"}, or {"refused": why}; None: not exported
+    genai: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -147,7 +151,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         order = ["format", "format_version", "backend", "created", "model", "tokenizer", "state", "graphs",
-                 "quantization", "parity", "tools", "source", "weights"]
+                 "quantization", "parity", "tools", "source", "weights", "genai"]
         return {k: d[k] for k in order}
 
     @classmethod
@@ -191,6 +195,7 @@ class Manifest:
                 created=raw.get("created", ""),
                 source=raw.get("source"),
                 weights=raw.get("weights"),
+                genai=raw.get("genai"),
                 format=raw["format"],
                 format_version=raw["format_version"],
             )
@@ -264,6 +269,7 @@ def validate_manifest(manifest: Manifest, package_dir: str | os.PathLike | None 
         root = Path(package_dir)
         files = {g.file for g in m.graphs.values()} | {m.tokenizer.file}
         files |= {g.data_file for g in m.graphs.values() if g.data_file}
+        files |= {m.genai[k] for k in ("graph", "config") if m.genai and m.genai.get(k)}
         for name in sorted(files):
             if Path(name).is_absolute() or ".." in Path(name).parts:
                 raise ManifestError(f"manifest names a file outside the package: {name!r}")

@@ -39,7 +39,8 @@ from .verify import ParityError, parity_check
 
 FORMATS: dict[str, str] = {"onnx": "onnxruntime", "executorch": "executorch"}  # --format -> manifest backend
 STAGES: dict[str, list[str]] = {
-    "onnx": ["step graph", "prefill graph", "shared weights", "onnx checker", "tokenizer", "parity", "manifest"],
+    "onnx": ["step graph", "prefill graph", "tokenizer", "parity", "genai graph", "shared weights", "onnx checker",
+             "genai parity", "manifest"],
     "executorch": ["export + lower to XNNPACK", "tokenizer", "parity", "manifest"],
 }
 DEFAULT_PARITY_STEPS = 64
@@ -121,6 +122,7 @@ def export_package(
     force: bool = False,
     source: dict | None = None,
     on_stage: Callable[[str], None] | None = None,
+    genai: bool = True,
 ) -> ExportResult:
     """Export ``model`` to a package at ``out_dir`` for ``fmt`` ("onnx" | "executorch").
 
@@ -133,6 +135,8 @@ def export_package(
                     float32 error (``verify``)
     source          recorded in the manifest, e.g. {"checkpoint": "/abs/path"} (``quantize`` reads it)
     on_stage        called with each stage's name as it starts (progress display)
+    genai           ONNX only: also write ``genai.onnx`` + ``genai_config.json`` (ONNX Runtime GenAI runs
+                    the package as it is; ``export.genai``), or record why GenAI cannot carry the model
     Raises ``ExportError`` for bad arguments and ``ParityError`` (with the figures) when the graphs
     disagree with the float64 reference beyond the bound; either way nothing is left at ``out_dir``.
     """
@@ -174,7 +178,17 @@ def export_package(
         graphs: dict[str, GraphEntry]
         extra: dict[str, object] = {}
         weights_index = None
+        genai_info = None
         if fmt == "onnx":
+            from .genai import (
+                CONFIG_NAME,
+                GRAPH_NAME,
+                GenAIInfo,
+                export_genai_graph,
+                genai_parity,
+                write_genai_config,
+            )
+            from .genai_graph import GenAIStateError, slot_shapes
             from .to_onnx import OnnxRunner, check_onnx, export_onnx_method, share_graph_weights
 
             graphs = {
@@ -183,9 +197,6 @@ def export_package(
                     "prefill graph", lambda: export_onnx_method(model, "prefill", T, tmp / "prefill.onnx")
                 ),
             }
-            shared = timed("shared weights", lambda: share_graph_weights(tmp, graphs, model))
-            weights_index = shared["index"]
-            timed("onnx checker", lambda: [check_onnx(tmp / g.file) for g in graphs.values()])
             make_runner = lambda: OnnxRunner(tmp, graphs)  # noqa: E731
             parity_batch = PARITY_BATCH_DYNAMIC
         else:
@@ -208,9 +219,34 @@ def export_package(
         )
         if not report.passed:
             raise ParityError(f"{FORMATS[fmt]} graphs disagree with the model: {report.summary()}")
+        if fmt == "onnx":  # after the package's own parity: a refused export pays for no GenAI graph
+            extra_files: list[str] = []
+            if genai:
+                try:
+                    conv, rec = slot_shapes(config)
+                    timed("genai graph", lambda: export_genai_graph(model, tmp / GRAPH_NAME))
+                    extra_files.append(GRAPH_NAME)
+                    genai_info = GenAIInfo(graph=GRAPH_NAME, config=None, conv_state=["batch", *conv],
+                                           recurrent_state=["batch", *rec])
+                except GenAIStateError as e:
+                    genai_info = GenAIInfo(graph=None, config=None, refused=str(e))
+            shared = timed("shared weights", lambda: share_graph_weights(tmp, graphs, model, extra_files))
+            weights_index = shared["index"]
+            timed("onnx checker", lambda: [check_onnx(tmp / f) for f in [*(g.file for g in graphs.values()),
+                                                                         *extra_files]])
+        if genai_info is not None and genai_info.graph is not None:
+            gen = timed("genai parity", lambda: genai_parity(model, tmp, T, parity_steps, tolerance))
+            if not gen.passed:
+                raise ParityError(f"the ONNX Runtime GenAI graph disagrees with the model: {gen.summary()}")
+            genai_info.parity = gen.to_dict()
 
         stage("manifest")
         manifest = package_manifest(model, fmt, tokenizer, T, batch, source, graphs)
+        if genai_info is not None:
+            if genai_info.graph is not None:
+                write_genai_config(model, tmp, manifest.tokenizer)
+                genai_info.config = CONFIG_NAME
+            manifest.genai = genai_info.to_dict()
         manifest.parity = {**report.to_dict(), **extra}
         manifest.weights = weights_index
         validate_manifest(manifest, tmp)

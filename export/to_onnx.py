@@ -90,15 +90,16 @@ def export_onnx_method(
     return graph_entry(model, method, tokens_per_call, path.name)
 
 
-def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry], model: nn.Module | None = None
-                        ) -> dict[str, Any]:
-    """Move the graphs' weights into one ``weights.bin`` and name it in their entries. With ``model``,
+def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry], model: nn.Module | None = None,
+                        extra_files: list[str] | None = None) -> dict[str, Any]:
+    """Move the graphs' weights (and those of ``extra_files``, graphs outside the manifest's ``graphs``
+    such as ``genai.onnx``) into one ``weights.bin`` and name it in their entries. With ``model``,
     returns the manifest's weights index too (``onnx_weights.weights_index``, key "index")."""
     from .onnx_weights import DATA_NAME, share_weights, weights_index
 
     locations: dict[bytes, dict[str, Any]] = {}
-    stats: dict[str, Any] = dict(share_weights([package_dir / g.file for g in graphs.values()], DATA_NAME,
-                                               locations))
+    paths = [package_dir / g.file for g in graphs.values()] + [package_dir / f for f in extra_files or []]
+    stats: dict[str, Any] = dict(share_weights(paths, DATA_NAME, locations))
     for g in graphs.values():
         g.data_file = DATA_NAME
     if model is not None:

@@ -143,7 +143,7 @@ def lower_linear_blocks_file(path: Path) -> int:
         return 0
     del g.node[:]
     g.node.extend(nodes)
-    used = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    used = graph_reads(g) | {o.name for o in g.output}
     keep = [i for i in g.initializer if i.name in used]
     del g.initializer[:]
     g.initializer.extend(keep)
@@ -155,6 +155,19 @@ def lower_linear_blocks_file(path: Path) -> int:
             model.functions.remove(f)
     onnx.save(model, str(path))  # the graph only: its tensors stay where their external_data says
     return count
+
+
+def graph_reads(graph) -> set[str]:
+    """Every name the nodes of ``graph`` read, including outer-scope names read inside their subgraphs
+    (a Scan / Loop / If body reads the main graph's initializers by name: the sLSTM recurrent weights
+    of ``genai.onnx``'s Scan), so that pruning unused initializers keeps those."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(i for i in node.input if i)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= graph_reads(sub)
+    return names
 
 
 def inspect_graph(path: Path) -> dict[str, Any]:

@@ -224,25 +224,82 @@ def check_tight(graph_dir: Path, manifest: md.Manifest, int8: nn.Module, prompt:
     return {"prefill_short_vs_eager_int8": short.to_dict(), "step_vs_eager_int8": step.to_dict()}
 
 
+def check_genai(graph_dir: Path, facts: dict[str, Any], int8: nn.Module, prompt: torch.Tensor, num_threads: int,
+                manifest: md.Manifest, strict: bool) -> dict[str, Any]:
+    """The quantized ``genai.onnx`` against eager ``int8`` (``verify.step_parity`` over the prompt's first
+    ``TIGHT_STEP_TOKENS`` one token per call, the graph reading the eager state; then the prompt in one
+    call); writes ``genai_config.json``. ``strict``: the tight check, else within ``TIGHT_MAX_REL_ERR``
+    (deep models: see ``probe``). Returns the manifest's ``genai`` entry (or {"refused": why})."""
+    from xlstm_edge.export.genai import CONFIG_NAME, GRAPH_NAME, GenAIGraphRunner, write_genai_config
+    from xlstm_edge.export.genai_graph import slot_shapes
+
+    if "refused" in facts:
+        return {"refused": facts["refused"]}
+    runner = GenAIGraphRunner(graph_dir / GRAPH_NAME, int8.config, num_threads)
+    ids = prompt[:TIGHT_STEP_TOKENS].view(1, -1)
+    step = step_parity(_Method(runner, "step"), {"int8": EagerGraph(int8, "step")}, ids, zero_state(int8, 1))["int8"]
+    what = "the ONNX Runtime GenAI graph (int8 steps)"
+    if strict:
+        require_tight(step, what)
+    else:
+        require_within(step, TIGHT_MAX_REL_ERR, what)
+    T = ids.shape[1]
+    whole = [ids, torch.tensor([T]), *zero_state(int8, 1)]
+    got, ref = runner.run("prefill", whole), EagerGraph(int8, "prefill", T).run(whole)
+    call = max(rel_error(got[0], ref[0]), rel_error(torch.cat([t.reshape(-1) for t in got[1:]]),
+                                                    torch.cat([t.reshape(-1) for t in ref[1:]])))
+    if not call <= TIGHT_MAX_REL_ERR:
+        raise QuantizationError(f"the ONNX Runtime GenAI graph ({T} prompt tokens in one call) differs from the same "
+                                f"quantization in eager PyTorch by {call:.2e} (relative; bound {TIGHT_MAX_REL_ERR:.0e})")
+    write_genai_config(int8, graph_dir, manifest.tokenizer)
+    conv, rec = slot_shapes(int8.config)
+    return {"graph": GRAPH_NAME, "config": CONFIG_NAME, "conv_state": ["batch", *conv],
+            "recurrent_state": ["batch", *rec], "facts": facts,
+            "parity": {"steps_vs_eager_int8": step.to_dict(), "prompt_call_vs_eager_int8_rel_err": call}}
+
+
+class _Method:
+    """One method of a two-method runner (``GenAIGraphRunner``) as a one-graph runner."""
+
+    def __init__(self, runner: Any, method: str):
+        self.runner, self.method = runner, method
+
+    def run(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.runner.run(self.method, inputs)
+
+
 # ---- graphs ---------------------------------------------------------------------------------------
-def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path, genai: bool = False
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The float32 package's graphs (same files, methods, prefill length) from the quantized model.
 
     Returns (facts per graph, the new manifest's graph entries). ONNX graphs keep their weights in
-    one shared external file, as the float32 package does (``export.onnx_weights``).
+    one shared external file, as the float32 package does (``export.onnx_weights``). ``genai`` (ONNX):
+    also ``genai.onnx`` (``export.genai``), its facts under "genai" (or {"refused": why}).
     """
     facts: dict[str, Any] = {}
     if manifest.backend == "onnxruntime":
+        from xlstm_edge.export.genai import GRAPH_NAME, export_genai_graph
+        from xlstm_edge.export.genai_graph import GenAIStateError
         from xlstm_edge.export.to_onnx import share_graph_weights
 
-        from .onnx_backend import export_graph, inspect_graph
+        from .onnx_backend import LOWERING, export_graph, inspect_graph
 
         graphs = {key: dataclasses.replace(entry) for key, entry in manifest.graphs.items()}
         for key, entry in graphs.items():
             export_graph(qmodel, key, entry.tokens_per_call, out / entry.file)
-        share_graph_weights(out, graphs)
+        extra: list[str] = []
+        if genai:
+            try:
+                export_genai_graph(qmodel, out / GRAPH_NAME, lowering=LOWERING)
+                extra.append(GRAPH_NAME)
+            except GenAIStateError as e:
+                facts["genai"] = {"refused": str(e)}
+        share_graph_weights(out, graphs, extra_files=extra)
         for key, entry in graphs.items():
             facts[key] = inspect_graph(out / entry.file)
+        if extra:
+            facts["genai"] = inspect_graph(out / GRAPH_NAME)
         return facts, graphs
     from .executorch_backend import PteMethod, export_program, inspect_method
 
@@ -259,7 +316,10 @@ def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path) -> tuple[d
 
 def copy_other_files(package: Path, manifest: md.Manifest, out: Path) -> list[str]:
     """Copy what is neither a graph nor the manifest (tokenizer.json and its companions) into ``out``."""
+    from xlstm_edge.export.genai import CONFIG_NAME, GRAPH_NAME
+
     graph_files = {g.file for g in manifest.graphs.values()} | {g.data_file for g in manifest.graphs.values()}
+    graph_files |= {GRAPH_NAME, CONFIG_NAME}  # the quantized package gets its own
     copied = []
     for f in sorted(package.iterdir()):
         if f.is_file() and f.name not in graph_files and f.name != md.MANIFEST_NAME:
@@ -406,7 +466,7 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
         log_t(f"reading and quantizing the weights ({opts.scheme}, embedding {opts.embedding}) ...")
         qmodel = load_quantized(source, opts.scheme, opts.embedding, backend=manifest.backend)
         log_t(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
-        graph_facts, graphs = write_graphs(qmodel, manifest, tmp)
+        graph_facts, graphs = write_graphs(qmodel, manifest, tmp, genai=manifest.backend == "onnxruntime")
 
         config = source.config
         # the tight check runs on a probe for every model: its first block of each kind, norm weights off
@@ -443,6 +503,12 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
         parity["step_vs_eager_int8"] = greedy.parity_vs_eager_int8
         parity["step_drift_vs_fp32"] = greedy.drift_vs_fp32
         parity.update(extra_parity or {})
+        genai_entry = None
+        if "genai" in graph_facts:
+            genai_entry = check_genai(tmp, graph_facts["genai"], qmodel, prompt, opts.num_threads, manifest,
+                                      strict=not needs_probe(config))
+            if "parity" in genai_entry:
+                parity["genai_vs_eager_int8"] = genai_entry["parity"]
 
         log_t(f"perplexity and KL over {ids.numel()} held-out tokens (float32 streamed) ...")
         ev = compare_eval(source, qmodel, ids)
@@ -472,6 +538,7 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
             tools={**manifest.tools, **tool_versions(manifest.backend)},
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source=manifest.source,
+            genai=genai_entry,
         )
         md.write_manifest(new, tmp)
         md.read_manifest(tmp)  # the package as the runtime will see it

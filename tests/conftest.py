@@ -63,3 +63,12 @@ def exported_packages(tmp_path_factory) -> dict[str, object]:
     for fmt, backend in (("onnx", "onnxruntime"), ("executorch", "executorch")):
         out[backend] = export_package(model, root / fmt, fmt).out_dir
     return out
+
+
+@pytest.fixture(scope="session")
+def ort_built(tmp_path_factory):
+    """``tests.quant.conftest.build_ort``: an xLSTM[m:s] model's float32 ONNX package and its int8-weight,
+    int8-dynamic and int4-dynamic packages (session-wide: quantization and GenAI tests use them)."""
+    from tests.quant.conftest import build_ort
+
+    return build_ort(tmp_path_factory)

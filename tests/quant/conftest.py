@@ -80,10 +80,10 @@ class Built:
         self.int8: dict[tuple[str, str], object] = {}
 
 
-@pytest.fixture(scope="session")
-def ort_built(tmp_path_factory) -> Built:
+def build_ort(tmp_path_factory) -> Built:
     """ONNX Runtime: float32 package of ``ms_model``; int8-weight (embedding fp32), int8-dynamic
-    (embedding int8) and int4-dynamic (embedding fp32) packages."""
+    (embedding int8) and int4-dynamic (embedding fp32) packages (the session fixture ``ort_built`` of
+    tests/conftest.py: the quantization and the GenAI tests share it)."""
     root = tmp_path_factory.mktemp("quant-ort")
     model = ms_model()
     ckpt = write_checkpoint(model, root / "ckpt")
