@@ -21,6 +21,15 @@ from .package_checks import check_graph_io, manifest_config_and_layout
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
 
 
+# None: prepack only where MatMulNBits runs (its kernels need their packed layout); True / False force it
+PREPACK_OVERRIDE: bool | None = None
+
+
+def _has_nbits(package_dir: Path, manifest: Any) -> bool:
+    """Whether the package's graphs use MatMulNBits (a quantized ONNX package)."""
+    return any(b"MatMulNBits" in (package_dir / manifest.graph(m).file).read_bytes() for m in ("step", "prefill"))
+
+
 class OrtBackend(Backend):
     """onnxruntime ``InferenceSession``s on the CPU execution provider."""
 
@@ -41,7 +50,15 @@ class OrtBackend(Backend):
             # choice. Small preset, 2 threads, 2-core VM, 2026-11-23, tok/s, spinning vs not: int8
             # 138-142 vs 118-125, fp32 48-51 vs 45-46 (it was the other way round while torch's
             # OpenMP workers spun beside it)
-            return ort_session_options(threads)
+            opts = ort_session_options(threads)
+            prepack = PREPACK_OVERRIDE
+            if prepack is None:
+                prepack = _has_nbits(package_dir, manifest)
+            if not prepack:
+                # MatMul would keep a packed copy of every float weight per session beside the shared
+                # mapped one; without prepacking both sessions read the one copy
+                opts.add_session_config_entry("session.disable_prepacking", "1")
+            return opts
 
         self._ort = ort
         # one mapped copy of weights.bin for both sessions (RSS: the weights once, not per session)
