@@ -134,19 +134,20 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 def _nucleus(probs: np.ndarray, p: float) -> np.ndarray:
     """Indices of the smallest set of most likely entries of ``probs`` (V,) whose sum reaches ``p``.
 
-    Only the top candidates are sorted (``argpartition`` first, widened 4x until their mass reaches
-    p), not the whole vocabulary: a full sort of 50k entries cost ~4 ms a row.
+    Only the top candidates are sorted (``argpartition`` of the top 64, then 512, until their mass
+    reaches p; then the whole row), not the whole vocabulary: a peaked row (a trained model's) costs
+    ~1 ms instead of a full sort's several.
     """
     V = probs.shape[0]
     k = min(64, V)
     while True:
         top = np.argpartition(-probs, k - 1)[:k] if k < V else np.arange(V)
-        order = top[np.argsort(-probs[top], kind="stable")]
+        order = top[np.argsort(-probs[top])]
         sp = probs[order]
         before = np.cumsum(sp) - sp  # probability mass strictly before each token
         if k == V or before[-1] + sp[-1] >= p:
             return order[before < p]  # the first token has before == 0 < p: always kept
-        k = min(4 * k, V)
+        k = 8 * k if k < 512 else V  # a flat row: one full sort (argpartition got slow on wide k)
 
 
 def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
