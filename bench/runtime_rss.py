@@ -46,7 +46,7 @@ def main() -> None:
     pkg_bytes = sum(p.stat().st_size for p in args.package.iterdir() if p.is_file())
     print(f"package {pkg_bytes / 2**20:.0f} MiB, load {t_load:.1f} s, generate {time.perf_counter() - t0:.1f} s, "
           f"{sess.last_stats.summary()}; torch imported: {'torch' in sys.modules}; shared weights: "
-          f"{not args.own_weights}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+          f"{getattr(sess.backend, 'weights', None) is not None and sess.backend.weights.num_values > 0}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
 if __name__ == "__main__":
