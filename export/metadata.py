@@ -4,6 +4,8 @@ A package is a directory::
 
     xlstm_edge.json     this manifest (format "xlstm-edge-package", format_version 1)
     tokenizer.json      the tokenizer (copied from the checkpoint, or the byte-level one)
+    generation_config.json   copied from the checkpoint when it has one (the runtime stops at its
+                        ``eos_token_id``s, as transformers' ``generate`` does)
     step.onnx, prefill.onnx (+ .onnx.data above 2 GB)   backend "onnxruntime"
     model.pte (methods "step" and "prefill")              backend "executorch"
     genai.onnx + genai_config.json (ONNX Runtime GenAI's graph, ``export/genai.py``; manifest key ``genai``)
@@ -36,6 +38,7 @@ FORMAT = "xlstm-edge-package"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "xlstm_edge.json"
 TOKENIZER_NAME = "tokenizer.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
 STATE_CONVENTION = "scale_q"
 BACKENDS = ("onnxruntime", "executorch")
 METHODS = ("step", "prefill")
@@ -206,7 +209,7 @@ class Manifest:
 # ---- building entries ---------------------------------------------------------------------------
 def state_entries(config: Any) -> list[StateEntry]:
     """State entries of an ``xLSTMConfig`` in ``xlstm_edge.state.state_spec`` order (imports torch)."""
-    from xlstm_edge.state import state_spec
+    from xlstm_edge.state_spec import state_spec
 
     kinds = config.block_types()
     return [
@@ -229,6 +232,36 @@ def state_tensor_entries(entries: list[StateEntry], *, output: bool) -> list[Ten
 
 
 # ---- validation ---------------------------------------------------------------------------------
+def copy_generation_config(checkpoint: str | os.PathLike, package_dir: str | os.PathLike) -> bool:
+    """Copy the checkpoint's ``generation_config.json`` (if it has one) into the package, after checking
+    that its eos ids read; returns whether there was one."""
+    src = Path(checkpoint) / GENERATION_CONFIG_NAME
+    if not src.is_file():
+        return False
+    generation_eos_ids(Path(checkpoint))  # a malformed file is refused at export, not at serving time
+    (Path(package_dir) / GENERATION_CONFIG_NAME).write_bytes(src.read_bytes())
+    return True
+
+
+def generation_eos_ids(directory: str | os.PathLike) -> list[int]:
+    """The ``eos_token_id`` of ``directory``/generation_config.json (an int or a list of ints, as
+    transformers writes it); [] when the file or the field is absent. ``ManifestError`` if malformed."""
+    path = Path(directory) / GENERATION_CONFIG_NAME
+    if not path.is_file():
+        return []
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ManifestError(f"{path} is not valid JSON: {e}") from None
+    eos = raw.get("eos_token_id") if isinstance(raw, dict) else None
+    if eos is None:
+        return []
+    ids = eos if isinstance(eos, list) else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+        raise ManifestError(f"{path}: eos_token_id must be a non-negative int or a list of them, got {eos!r}")
+    return list(ids)
+
+
 def validate_manifest(manifest: Manifest, package_dir: str | os.PathLike | None = None) -> None:
     """Check internal consistency (and that the files exist when ``package_dir`` is given).
 

@@ -30,6 +30,7 @@ from .metadata import (
     Manifest,
     StateSection,
     TokenizerEntry,
+    copy_generation_config,
     state_entries,
     validate_manifest,
     write_manifest,
@@ -210,6 +211,8 @@ def export_package(
             parity_batch = batch
 
         saved = timed("tokenizer", lambda: tokenizer.save(tmp))
+        if source and source.get("checkpoint"):
+            copy_generation_config(source["checkpoint"], tmp)
         if not (tmp / TOKENIZER_NAME).is_file():
             raise ExportError(f"the tokenizer wrote {[p.name for p in saved]}, not {TOKENIZER_NAME}")
 

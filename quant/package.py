@@ -407,7 +407,11 @@ def quantize_checkpoint(checkpoint: Path, out: Path, fmt: str, opts: QuantizeOpt
         raise QuantizationError(f"tokenizer has {tokenizer.vocab_size} ids, the model only {source.config.vocab_size}")
     recorded = {"checkpoint": str(Path(checkpoint).resolve()), "weights_sha256": weights_sha256(checkpoint)}
     manifest = package_manifest(layout, fmt, tokenizer, T, batch, recorded)
-    return quantize_source(source, manifest, out, opts, write_files=tokenizer.save,
+    def write_files(tmp: Path) -> None:
+        tokenizer.save(tmp)
+        md.copy_generation_config(checkpoint, tmp)
+
+    return quantize_source(source, manifest, out, opts, write_files=write_files,
                            fp32_bytes=("float32 weights", float_bytes(source)),
                            provenance={"source_checkpoint": recorded["checkpoint"]}, log=log, t0=t0)
 

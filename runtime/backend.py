@@ -1,9 +1,10 @@
 """What every backend provides: a model that eats tokens and keeps its recurrent state in its own buffers.
 
 A backend owns the state buffers (so it can reuse them from step to step: memory stays flat) and
-exposes them through ``read_state`` / ``write_state``. ``prefill`` and ``step`` return the logits
+exposes them through ``read_state`` / ``write_state``. Everything crossing this interface is numpy
+(the runtime needs no torch): ``prefill`` and ``step`` take (B, T) int64 ids and return the logits
 of the last position, (B, V) float32, as a view into a buffer that the next call may overwrite:
-clone it to keep it.
+copy it to keep it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import importlib.util
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
-from torch import Tensor
+import numpy as np
 
 from .errors import BackendNotInstalledError
 from .state import StateLayout
@@ -37,9 +38,9 @@ class Backend(ABC):
     num_threads: int
     decode_threads: int
     source: str  # what was loaded (a path, or "<model object>")
-    # torch threads for the session's own ops around each call (logits copies, sampling): one where
-    # the backend runs on a pool of its own, so that torch's spinning OpenMP workers leave it the
-    # cores (see host_threads); None leaves torch's setting alone (the torch backend computes on it)
+    # torch threads around each call where torch is loaded (ExecuTorch): one where the backend runs on
+    # a pool of its own, so that torch's spinning OpenMP workers leave it the cores (see host_threads);
+    # None leaves torch's setting alone (the torch backend computes on it)
     host_torch_threads: ClassVar[int | None] = 1
 
     @property
@@ -56,19 +57,19 @@ class Backend(ABC):
         """Zero the state for ``batch_size`` rows (reallocating only when the batch size changes)."""
 
     @abstractmethod
-    def read_state(self) -> list[Tensor]:
+    def read_state(self) -> list[np.ndarray]:
         """A copy of the state tensors, layout order, (B, *shape) float32."""
 
     @abstractmethod
-    def write_state(self, tensors: list[Tensor]) -> None:
+    def write_state(self, tensors: list[np.ndarray]) -> None:
         """Copy ``tensors`` (checked against the layout) into the state buffers; sets the batch size."""
 
     @abstractmethod
-    def prefill(self, input_ids: Tensor) -> Tensor:
+    def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed (B, T) int64 tokens (T >= 1) after the current state; return the last logits (B, V)."""
 
     @abstractmethod
-    def step(self, input_ids: Tensor) -> Tensor:
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
         """Feed (B, 1) int64 tokens; return logits (B, V)."""
 
     def describe(self) -> str:
@@ -78,10 +79,10 @@ class Backend(ABC):
 
 
 class SingleBufferBackend(Backend):
-    """A backend whose state lives in one set of buffers, ``self._state`` (layout order, (B, *shape)),
-    replaced or updated after each call (torch, ExecuTorch; ONNX Runtime double-buffers instead)."""
+    """A backend whose state lives in one set of numpy buffers, ``self._state`` (layout order,
+    (B, *shape)), updated after each call (torch; ONNX Runtime double-buffers instead)."""
 
-    _state: list[Tensor]
+    _state: list[np.ndarray]
 
     @property
     def batch_size(self) -> int:
@@ -90,16 +91,16 @@ class SingleBufferBackend(Backend):
     def reset(self, batch_size: int) -> None:
         if batch_size == self.batch_size:
             for t in self._state:
-                t.zero_()
+                t.fill(0)
         else:
             self._state = self.layout.zeros(batch_size)
 
-    def read_state(self) -> list[Tensor]:
-        return [t.clone() for t in self._state]
+    def read_state(self) -> list[np.ndarray]:
+        return [t.copy() for t in self._state]
 
-    def write_state(self, tensors: list[Tensor]) -> None:
+    def write_state(self, tensors: list[np.ndarray]) -> None:
         batch = self.layout.check(tensors, "state")
         if batch != self.batch_size:
             self._state = self.layout.zeros(batch)
         for buf, t in zip(self._state, tensors, strict=True):
-            buf.copy_(t)
+            np.copyto(buf, t)

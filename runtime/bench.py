@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from .errors import GenerationArgumentError
 from .sampling import Sampler, SamplingConfig
@@ -79,8 +79,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _random_ids(n: int, vocab: int, generator: torch.Generator) -> list[int]:
-    return torch.randint(0, vocab, (n,), generator=generator).tolist()
+def _random_ids(n: int, vocab: int, generator: np.random.Generator) -> list[int]:
+    return generator.integers(0, vocab, n).tolist()
 
 
 def _decode_step_times(session: Session, steps: int, sampler: Sampler) -> list[float]:
@@ -113,7 +113,7 @@ def run_bench(
             raise GenerationArgumentError(f"{name} must be >= 1, got {value}")
     if any(c < 1 for c in contexts) or list(contexts) != sorted(set(contexts)):
         raise GenerationArgumentError(f"contexts must be increasing positive lengths, got {list(contexts)}")
-    gen = torch.Generator().manual_seed(seed)
+    gen = np.random.default_rng(seed)
     vocab = min(session.vocab_size, session.tokenizer.vocab_size)
     sampler = Sampler(SamplingConfig())
     prompt = _random_ids(prompt_tokens, vocab, gen)

@@ -111,7 +111,6 @@ def chat_cmd(package: Path, backend: str | None, system: str | None, max_tokens:
         click.echo(f"resumed {len(messages)} messages ({len(tokens)} tokens) from {resume_path}", err=True)
     elif system:
         messages.append({"role": "system", "content": system})
-    eos = session.tokenizer.eos_token_id
     engine = Engine(session, cache, max_batch=1, max_queue=1).start()
     click.echo(f"chat with {package} ({session.backend.describe()}, template {template.name}); {COMMANDS_HELP}",
                err=True)
@@ -129,7 +128,7 @@ def chat_cmd(package: Path, backend: str | None, system: str | None, max_tokens:
             ids = session.encode(template.render(messages), allow_special=True)
             events: queue.Queue[Any] = queue.Queue()
             req = GenerationRequest(ids, max_tokens, sampling, events.put, list(template.stop_strings),
-                                    set() if eos is None else {int(eos)}, return_state=True)
+                                    set(session.eos_token_ids), return_state=True)
             engine.submit(req)
             pieces: list[str] = []
             with sigint_flag() as interrupted:

@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import torch
+import numpy as np
 
 from .errors import RuntimeInputError
 from .generate import StopStringFilter
@@ -114,7 +114,7 @@ class _Slot:
         """The last sampled token: shown, not yet fed to the model."""
         return self.generated[-1]
 
-    def accept(self, logits: torch.Tensor, recent: torch.Tensor) -> None:
+    def accept(self, logits: np.ndarray, recent: np.ndarray) -> None:
         """Sample from (1, V) ``logits``, stream the text, decide whether the request is finished."""
         token = int(self.sampler(logits, recent)[0])
         if not self.generated:
@@ -274,7 +274,7 @@ class Engine:
 
     def _step(self) -> None:
         sess = self.session
-        ids = torch.tensor([[s.next_token] for s in self._slots], dtype=torch.int64)
+        ids = np.array([[s.next_token] for s in self._slots], dtype=np.int64)
         logits = sess.step(ids)  # (B, V)
         self.steps += 1
         self.batched_steps += len(self._slots) > 1
@@ -304,7 +304,7 @@ class Engine:
         """``row`` (with the logits after the slot's fed tokens) + the last sampled token, pending, is
         the state of prompt + reply (a cancelled reply: as far as it went): store it, report it."""
         row.logits = None
-        row.pending = torch.tensor([slot.next_token], dtype=torch.int64)
+        row.pending = np.array([slot.next_token], dtype=np.int64)
         row.rng = None if slot.sampler.config.greedy else (slot.sampler.seed, slot.sampler.rng_state())
         if self.cache is not None:
             self.cache.store(slot.req.prompt_ids + slot.generated, row)

@@ -6,6 +6,8 @@ exported by ``xlstm_edge.export`` read in place (inputs not memory-planned): no 
 the runtime, one by the binding per call. Threads: ExecuTorch's threadpool ignores
 ``torch.set_num_threads``; ``_unsafe_reset_threadpool`` sets it, process-wide, and programs loaded
 before a resize must not run after it (``bind_pool``): one thread count for prefill and decode.
+This backend still needs torch (ExecuTorch's Python binding takes and returns torch tensors); the
+runtime's interface around it is numpy (``torch.from_numpy`` / ``.numpy()``, no copies).
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from .backend import SingleBufferBackend, require_module
+from .backend import Backend, require_module
 from .errors import GenerationArgumentError, StaleProgramError
 from .graphs import load_pte_method, open_pte_program
 from .package_checks import check_graph_io, manifest_config_and_layout
@@ -110,8 +113,10 @@ def _pad_rows(t: Tensor, pad: int) -> Tensor:
     return torch.cat([t, t[:1].expand(pad, *t.shape[1:])]).contiguous()
 
 
-class ExecuTorchBackend(SingleBufferBackend):
-    """``executorch.runtime`` methods with explicit state I/O (the package contract's positional order)."""
+class ExecuTorchBackend(Backend):
+    """``executorch.runtime`` methods with explicit state I/O (the package contract's positional order).
+
+    The state is held as the torch tensors the binding returns (``self._state``)."""
 
     name = "executorch"
 
@@ -152,7 +157,30 @@ class ExecuTorchBackend(SingleBufferBackend):
         prefill = manifest.graph("prefill")
         self.prefill_tokens = prefill.tokens_per_call
         self._has_valid_length = prefill.valid_length_input is not None
-        self._state = self.layout.zeros(1)
+        self._state: list[Tensor] = self._zeros(1)
+
+    def _zeros(self, batch: int) -> list[Tensor]:
+        return [torch.from_numpy(t) for t in self.layout.zeros(batch)]
+
+    # ---- state -----------------------------------------------------------------------------------
+    @property
+    def batch_size(self) -> int:
+        return self._state[0].shape[0]
+
+    def reset(self, batch_size: int) -> None:
+        if batch_size == self.batch_size:
+            for t in self._state:
+                t.zero_()
+        else:
+            self._state = self._zeros(batch_size)
+
+    def read_state(self) -> list[np.ndarray]:
+        return [t.numpy().copy() for t in self._state]
+
+    def write_state(self, tensors: list[np.ndarray]) -> None:
+        batch = self.layout.check(tensors, "state")
+        self._state = [torch.from_numpy(t.copy()) for t in tensors]
+        assert self.batch_size == batch
 
     @staticmethod
     def _io(info: Any, listed: list[Any], pos: int) -> tuple[str, list[Any], str]:
@@ -193,10 +221,11 @@ class ExecuTorchBackend(SingleBufferBackend):
             logits.append(outs[0][:n])  # fresh tensors: torch.cat copies them once
         return torch.cat(logits)
 
-    def step(self, input_ids: Tensor) -> Tensor:
-        return self._call("step", [input_ids.contiguous()])
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
+        return self._call("step", [ids]).numpy()
 
-    def prefill(self, input_ids: Tensor) -> Tensor:
+    def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         """Chunks of T tokens (the last one padded, with its valid length); a lone token via ``step``."""
         T, B = self.prefill_tokens, input_ids.shape[0]
         logits = None
@@ -207,8 +236,8 @@ class ExecuTorchBackend(SingleBufferBackend):
                 logits = self.step(piece)
                 continue
             ids = torch.zeros(B, T, dtype=torch.int64)
-            ids[:, :n] = piece
+            ids[:, :n] = torch.from_numpy(np.ascontiguousarray(piece, dtype=np.int64))
             extra = [torch.full((B,), n, dtype=torch.int64)] if self._has_valid_length else []
-            logits = self._call("prefill", [ids, *extra])
+            logits = self._call("prefill", [ids, *extra]).numpy()
         assert logits is not None  # T >= 1 is checked by the session
         return logits

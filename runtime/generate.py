@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from torch import Tensor
+import numpy as np
 
 from .errors import EmptyPromptError, GenerationArgumentError
 from .sampling import Sampler, SamplingConfig
@@ -105,7 +105,7 @@ def _encode_prompts(session: Session, prompts: list[str], add_bos: bool) -> list
     return out
 
 
-def start_generation(session: Session, prompt_ids: list[list[int]], stats: GenerationStats) -> Tensor:
+def start_generation(session: Session, prompt_ids: list[list[int]], stats: GenerationStats) -> np.ndarray:
     """Feed the prompts (after any pending tokens); return the next-token logits (B, V)."""
     t0 = time.perf_counter()
     batch = len(prompt_ids)
@@ -125,14 +125,14 @@ def start_generation(session: Session, prompt_ids: list[list[int]], stats: Gener
 
 def stream_tokens(
     session: Session,
-    logits: Tensor,
+    logits: np.ndarray,
     max_new_tokens: int,
     sampler: Sampler,
     stop_tokens: set[int],
     stats: GenerationStats,
     should_stop: list[bool],
-) -> Iterator[Tensor]:
-    """From the first next-token ``logits`` (B, V), yield (B,) sampled ids, one tensor per step.
+) -> Iterator[np.ndarray]:
+    """From the first next-token ``logits`` (B, V), yield (B,) int64 sampled ids, one array per step.
 
     A row whose ``should_stop`` entry turns True (set by the caller after a yield, or here on a stop
     token) is finished: at the end its state is put back to what it was right after its last token.
@@ -188,8 +188,7 @@ def stream_text(
         raise EmptyPromptError("no prompts given")
     sampler = Sampler(sampling, vocab_limit=session.tokenizer.vocab_size)  # text: ids the tokenizer knows
     if stop_tokens is None:
-        eos = session.tokenizer.eos_token_id
-        stops = set() if eos is None else {int(eos)}
+        stops = set(session.eos_token_ids)
     else:
         stops = {int(t) for t in stop_tokens}
         bad = [t for t in stops if not 0 <= t < session.vocab_size]
@@ -209,7 +208,7 @@ def stream_text(
 
 def _stream_text(
     session: Session,
-    logits: Tensor,
+    logits: np.ndarray,
     max_new_tokens: int,
     sampler: Sampler,
     stops: set[int],

@@ -1,6 +1,9 @@
 """The one place that loads and runs a package's graph files, per format.
 
 ``open_ort_session(path, threads)``   an onnxruntime ``InferenceSession`` for a ``.onnx`` file
+``SharedWeights(package_dir)``        the package's weights file mapped once (numpy memmap): its
+                                      ``OrtValue``s go to every session through ``add_initializer``,
+                                      so the step and prefill sessions hold one copy of the weights
 ``open_pte_program(path)``            an ``executorch.runtime`` Program for a ``.pte`` file
 ``OrtGraph(path)`` / ``PteMethod(path, method)``
                                       one graph with ``run(inputs) -> outputs`` (torch tensors, the package
@@ -18,39 +21,38 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from .errors import PackageError
+from .onnx_initializers import GraphRecord, ProtoError, read_graph
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 # ---- ONNX Runtime --------------------------------------------------------------------------------
-def check_external_data(path: Path) -> None:
-    """Every external initializer of the graph at ``path`` must lie inside its data file.
+def check_external_data(path: Path) -> GraphRecord:
+    """Every external initializer of the graph at ``path`` must lie inside its data file; returns the
+    graph's initializer records.
 
     Raises ``PackageError`` naming the graph or the data file (missing, or shorter than needed).
     """
-    import onnx
-    from google.protobuf.message import DecodeError
-    from onnx.onnx_pb import TensorProto
-
     if not path.is_file():
         raise PackageError(f"cannot load {path}: the file does not exist")
     try:
-        model = onnx.load(str(path), load_external_data=False)
-    except (DecodeError, RuntimeError, ValueError, OSError) as e:
+        record = read_graph(path)
+    except (ProtoError, UnicodeDecodeError, ValueError, OSError) as e:
         raise PackageError(f"cannot load {path}: not an ONNX graph ({str(e).splitlines()[0] or type(e).__name__})"
                            ) from None
-    if not model.graph.node:
+    if not record.num_nodes:
         raise PackageError(f"cannot load {path}: not an ONNX graph (no nodes)")
     need: dict[str, int] = {}
-    for t in model.graph.initializer:
-        if t.data_location == TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in t.external_data}
-            end = int(info.get("offset", 0)) + int(info.get("length", 0))
-            need[info["location"]] = max(need.get(info["location"], 0), end)
+    for t in record.initializers:
+        if t.location is not None:
+            end = t.offset + (t.length if t.length is not None else (t.nbytes or 0))
+            need[t.location] = max(need.get(t.location, 0), end)
     for name, end in need.items():
         data = path.parent / name
         if not data.is_file():
@@ -59,6 +61,59 @@ def check_external_data(path: Path) -> None:
         if size < end:
             raise PackageError(f"cannot load {path}: its weights file {data} is truncated ({size:,} bytes, "
                                f"the graph needs {end:,})")
+    return record
+
+
+class SharedWeights:
+    """The external weights of a package's ONNX graphs, mapped once and handed to every session.
+
+    ONNX Runtime loads a graph's external initializers per session, so a step and a prefill session
+    would each hold the weights. Here the data file is mapped once (numpy memmap, read-only: pages
+    are shared with the page cache and the other session) and each external initializer becomes an
+    ``OrtValue`` over its bytes, given to a session through ``SessionOptions.add_initializer``; equal
+    (file, offset, length, dtype, shape) records, even under different names, share one ``OrtValue``.
+    Keep this object alive as long as the sessions. Kernels that prepack their weights
+    (MatMulNBits) still keep one packed copy per session: onnxruntime's Python API has no shared
+    prepacked-weights container (the C API's ``CreateSessionWithPrepackedWeightsContainer``).
+    """
+
+    def __init__(self, base: Path):
+        self.base = Path(base)
+        self._maps: dict[str, np.memmap] = {}
+        self._values: dict[tuple, Any] = {}
+
+    def _map(self, location: str) -> np.memmap:
+        if location not in self._maps:
+            self._maps[location] = np.memmap(self.base / location, dtype=np.uint8, mode="r")
+        return self._maps[location]
+
+    def array(self, location: str, offset: int, length: int, dtype: np.dtype, dims: tuple[int, ...]) -> np.ndarray:
+        """A read-only view of ``length`` bytes at ``offset`` of the data file, as ``dtype`` ``dims``."""
+        return self._map(location)[offset:offset + length].view(dtype).reshape(dims)
+
+    def add_to(self, options: Any, record: GraphRecord) -> int:
+        """``options.add_initializer`` for every external initializer of ``record``; returns how many."""
+        import onnxruntime as ort
+
+        n = 0
+        for t in record.initializers:
+            dtype = t.dtype
+            if t.location is None or dtype is None:
+                continue
+            length = t.length if t.length is not None else t.nbytes
+            assert length is not None
+            key = (t.location, t.offset, length, dtype.str, t.dims)
+            if key not in self._values:
+                arr = self.array(t.location, t.offset, length, dtype, t.dims)
+                self._values[key] = ort.OrtValue.ortvalue_from_numpy(arr)
+            options.add_initializer(t.name, self._values[key])
+            n += 1
+        return n
+
+    @property
+    def num_values(self) -> int:
+        """Distinct tensors handed out so far."""
+        return len(self._values)
 
 
 def ort_session_options(threads: int | None) -> Any:
@@ -74,14 +129,19 @@ def ort_session_options(threads: int | None) -> Any:
     return opts
 
 
-def open_ort_session(path: Path, threads: int | None = None, options: Any = None) -> Any:
+def open_ort_session(path: Path, threads: int | None = None, options: Any = None,
+                     weights: SharedWeights | None = None) -> Any:
     """An ``InferenceSession`` (CPU) for the graph at ``path``; ``PackageError`` naming the file if it
-    cannot be loaded. ``options`` replaces ``ort_session_options(threads)``."""
+    cannot be loaded. ``options`` replaces ``ort_session_options(threads)``; ``weights`` gives the
+    session its external initializers from a ``SharedWeights`` (one copy for several sessions)."""
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
     path = Path(path)
-    check_external_data(path)
+    record = check_external_data(path)
+    if weights is not None:
+        options = options or ort_session_options(threads)
+        weights.add_to(options, record)
     load_errors = (ort_errors.Fail, ort_errors.InvalidArgument, ort_errors.InvalidGraph,
                    ort_errors.InvalidProtobuf, ort_errors.NoSuchFile, ort_errors.NotImplemented,
                    ort_errors.RuntimeException)
@@ -102,6 +162,9 @@ class OrtGraph:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, inputs: list[Tensor]) -> list[Tensor]:
+        """torch tensors in and out (export verification and quantization run on torch)."""
+        import torch
+
         feeds = {name: t.contiguous().numpy() for name, t in zip(self.input_names, inputs, strict=True)}
         return [torch.from_numpy(a) for a in self.session.run(self.output_names, feeds)]
 
@@ -159,5 +222,5 @@ class PteMethod:
         return list(self.method.execute([t.contiguous() for t in inputs]))
 
 
-__all__ = ["OrtGraph", "PteMethod", "check_external_data", "load_pte_method", "load_quantized_kernels",
+__all__ = ["OrtGraph", "PteMethod", "SharedWeights", "check_external_data", "load_pte_method", "load_quantized_kernels",
            "open_ort_session", "open_pte_program", "ort_session_options"]

@@ -1,6 +1,6 @@
 """ONNX Runtime backend: the package's ``step`` and ``prefill`` graphs with IOBinding.
 
-The state lives in two sets of buffers (A and B, torch tensors whose memory ``OrtValue``s wrap): a
+The state lives in two sets of buffers (A and B, numpy arrays whose memory ``OrtValue``s wrap): a
 call reads ``past.*`` from one set and writes ``present.*`` into the other, then the roles swap.
 Input ids, valid length and logits have fixed buffers too, and the four bindings (step / prefill,
 A->B / B->A) are built once per batch size: a step allocates nothing, memory stays flat.
@@ -11,15 +11,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from .backend import Backend, require_module
 from .errors import GenerationArgumentError, PackageError
-from .graphs import open_ort_session, ort_session_options
+from .graphs import SharedWeights, open_ort_session, ort_session_options
 from .package_checks import check_graph_io, manifest_config_and_layout
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)", "int32": "tensor(int32)"}
+
+
+# None: prepack only where MatMulNBits runs (its kernels need their packed layout); True / False force it
+PREPACK_OVERRIDE: bool | None = None
+
+
+def _has_nbits(package_dir: Path, manifest: Any) -> bool:
+    """Whether the package's graphs use MatMulNBits (a quantized ONNX package)."""
+    return any(b"MatMulNBits" in (package_dir / manifest.graph(m).file).read_bytes() for m in ("step", "prefill"))
 
 
 class OrtBackend(Backend):
@@ -42,15 +50,27 @@ class OrtBackend(Backend):
             # choice. Small preset, 2 threads, 2-core VM, 2026-11-23, tok/s, spinning vs not: int8
             # 138-142 vs 118-125, fp32 48-51 vs 45-46 (it was the other way round while torch's
             # OpenMP workers spun beside it)
-            return ort_session_options(threads)
+            opts = ort_session_options(threads)
+            if not prepack:
+                # MatMul would keep a packed copy of every float weight per session beside the shared
+                # mapped one; without prepacking both sessions read the one copy
+                opts.add_session_config_entry("session.disable_prepacking", "1")
+            return opts
+
+        # quantized graphs (MatMulNBits) need their prepacked layout, and a prepacked initializer that
+        # was handed in cannot be freed: there each session loads its own weights (small int8, peak RSS
+        # 376 MiB own vs 485 shared); float32 graphs share one mapped copy, unpacked
+        prepack = _has_nbits(package_dir, manifest) if PREPACK_OVERRIDE is None else PREPACK_OVERRIDE
 
         self._ort = ort
+        # one mapped copy of weights.bin for both sessions (RSS: the weights once, not per session)
+        self.weights = SharedWeights(package_dir)
         self._sessions: dict[str, Any] = {}
         for method in ("step", "prefill"):
             entry = manifest.graph(method)
             path = package_dir / entry.file
             threads = self.decode_threads if method == "step" else num_threads
-            sess = open_ort_session(path, options=options(threads))
+            sess = open_ort_session(path, options=options(threads), weights=None if prepack else self.weights)
             got_in = [(i.name, i.shape, i.type) for i in sess.get_inputs()]
             got_out = [(o.name, o.shape, o.type) for o in sess.get_outputs()]
             check_graph_io(path, entry, got_in, got_out, _ORT_TYPES, ordered=False)
@@ -67,9 +87,9 @@ class OrtBackend(Backend):
         self._alloc(self._fixed_batch or 1)
 
     # ---- buffers and bindings --------------------------------------------------------------------
-    def _ov(self, t: Tensor) -> Any:
+    def _ov(self, t: np.ndarray) -> Any:
         """An OrtValue over the memory of ``t`` (no copy; ``t`` must outlive it)."""
-        return self._ort.OrtValue.ortvalue_from_numpy(t.numpy())
+        return self._ort.OrtValue.ortvalue_from_numpy(t)
 
     def _alloc(self, batch: int) -> None:
         if self._fixed_batch is not None and batch != self._fixed_batch:
@@ -78,10 +98,10 @@ class OrtBackend(Backend):
         B, T, V = batch, self.prefill_tokens, self.vocab_size
         self._bufs = [self.layout.zeros(B), self.layout.zeros(B)]
         self._cur = 0  # self._bufs[self._cur] holds the state now
-        self._step_ids = torch.zeros(B, 1, dtype=torch.int64)
-        self._prefill_ids = torch.zeros(B, T, dtype=torch.int64)
-        self._valid = torch.zeros(B, dtype=torch.int64)
-        self._logits = torch.zeros(B, V, dtype=torch.float32)
+        self._step_ids = np.zeros((B, 1), dtype=np.int64)
+        self._prefill_ids = np.zeros((B, T), dtype=np.int64)
+        self._valid = np.zeros(B, dtype=np.int64)
+        self._logits = np.zeros((B, V), dtype=np.float32)
         state_ovs = [[self._ov(t) for t in bufs] for bufs in self._bufs]
         ids_ov = {"step": self._ov(self._step_ids), "prefill": self._ov(self._prefill_ids)}
         valid_ov, logits_ov = self._ov(self._valid), self._ov(self._logits)
@@ -100,7 +120,7 @@ class OrtBackend(Backend):
                     io.bind_ortvalue_output(spec.output_name, ov)
                 self._bindings[(method, src)] = io
 
-    def _run(self, method: str) -> Tensor:
+    def _run(self, method: str) -> np.ndarray:
         self._sessions[method].run_with_iobinding(self._bindings[(method, self._cur)])
         self._cur = 1 - self._cur
         return self._logits
@@ -114,23 +134,23 @@ class OrtBackend(Backend):
         if batch_size != self.batch_size:
             self._alloc(batch_size)
         for t in self._bufs[self._cur]:
-            t.zero_()
+            t.fill(0)
 
-    def read_state(self) -> list[Tensor]:
-        return [t.clone() for t in self._bufs[self._cur]]
+    def read_state(self) -> list[np.ndarray]:
+        return [t.copy() for t in self._bufs[self._cur]]
 
-    def write_state(self, tensors: list[Tensor]) -> None:
+    def write_state(self, tensors: list[np.ndarray]) -> None:
         batch = self.layout.check(tensors, "state")
         if batch != self.batch_size:
             self._alloc(batch)
         for buf, t in zip(self._bufs[self._cur], tensors, strict=True):
-            buf.copy_(t)
+            np.copyto(buf, t)
 
-    def step(self, input_ids: Tensor) -> Tensor:
-        self._step_ids.copy_(input_ids)
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
+        np.copyto(self._step_ids, input_ids.reshape(self._step_ids.shape))
         return self._run("step")
 
-    def prefill(self, input_ids: Tensor) -> Tensor:
+    def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         """Whole chunks of T tokens through the prefill graph; a last lone token through the step graph."""
         T = self.prefill_tokens
         logits = self._logits
@@ -140,8 +160,8 @@ class OrtBackend(Backend):
             if n == 1:
                 logits = self.step(piece)
                 continue
-            self._prefill_ids[:, :n].copy_(piece)
-            self._prefill_ids[:, n:].fill_(self._pad_id)
-            self._valid.fill_(n)
+            self._prefill_ids[:, :n] = piece
+            self._prefill_ids[:, n:] = self._pad_id
+            self._valid.fill(n)
             logits = self._run("prefill")
         return logits

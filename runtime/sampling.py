@@ -1,8 +1,8 @@
 """Next-token selection: greedy, temperature, top-k, top-p, min-p, repetition / presence / frequency
-penalties, seeded RNG.
+penalties, seeded RNG (numpy's PCG64: the runtime needs no torch).
 
-All functions take ``logits`` (B, V) float32 and return a new tensor (B, V) (filters set removed
-entries to ``-inf``); the order ``Sampler`` applies them is the one Hugging Face uses, with the
+All functions take ``logits`` (B, V) float32 numpy arrays and return a new array (B, V) (filters set
+removed entries to ``-inf``); the order ``Sampler`` applies them is the one Hugging Face uses, with the
 OpenAI-style additive penalties beside the repetition penalty (as llama.cpp applies them):
 repetition penalty -> presence / frequency penalty -> (greedy: argmax) -> temperature -> top-k
 -> top-p -> min-p -> draw.
@@ -13,8 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
-from torch import Tensor
+import numpy as np
 
 from .errors import GenerationArgumentError
 
@@ -80,68 +79,103 @@ class SamplingConfig:
 
 
 # ---- the filters ----------------------------------------------------------------------------------
-def apply_repetition_penalty(logits: Tensor, recent: Tensor, penalty: float) -> Tensor:
+def _seen_mask(recent: np.ndarray, vocab: int) -> np.ndarray:
+    """(B, V) bool: which tokens occur in ``recent`` (B, W) int64 (-1 = empty slot)."""
+    B = recent.shape[0]
+    idx = np.where(recent >= 0, recent, vocab)  # empty slots go to a spare column, dropped below
+    seen = np.zeros((B, vocab + 1), dtype=bool)
+    seen[np.arange(B)[:, None], idx] = True
+    return seen[:, :vocab]
+
+
+def apply_repetition_penalty(logits: np.ndarray, recent: np.ndarray, penalty: float) -> np.ndarray:
     """Penalize tokens in ``recent`` (B, W) int64 (-1 = empty slot): logit > 0 -> / penalty, else * penalty."""
-    if penalty == 1.0 or recent.numel() == 0:
+    if penalty == 1.0 or recent.size == 0:
         return logits
-    B, V = logits.shape
-    idx = torch.where(recent >= 0, recent, V)  # empty slots go to a spare column, dropped below
-    seen = torch.zeros(B, V + 1, dtype=torch.bool).scatter_(1, idx, True)[:, :V]
-    penalized = torch.where(logits > 0, logits / penalty, logits * penalty)
-    return torch.where(seen, penalized, logits)
+    seen = _seen_mask(np.asarray(recent), logits.shape[1])
+    penalized = np.where(logits > 0, logits / np.float32(penalty), logits * np.float32(penalty))
+    return np.where(seen, penalized, logits).astype(np.float32, copy=False)
 
 
-def apply_presence_frequency(logits: Tensor, recent: Tensor, presence: float, frequency: float) -> Tensor:
+def apply_presence_frequency(logits: np.ndarray, recent: np.ndarray, presence: float,
+                             frequency: float) -> np.ndarray:
     """OpenAI's additive penalties over ``recent`` (B, W) int64 (-1 = empty slot):
     logit -= presence * [count > 0] + frequency * count, with count the token's occurrences in ``recent``."""
-    if (presence == 0.0 and frequency == 0.0) or recent.numel() == 0:
+    if (presence == 0.0 and frequency == 0.0) or recent.size == 0:
         return logits
     B, V = logits.shape
-    idx = torch.where(recent >= 0, recent, V)
-    counts = torch.zeros(B, V + 1, dtype=logits.dtype).scatter_add_(1, idx, torch.ones_like(idx, dtype=logits.dtype))
+    recent = np.asarray(recent)
+    idx = np.where(recent >= 0, recent, V)
+    counts = np.zeros((B, V + 1), dtype=np.float32)
+    np.add.at(counts, (np.arange(B)[:, None], idx), 1.0)
     counts = counts[:, :V]
-    return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts
+    return (logits - np.float32(presence) * (counts > 0) - np.float32(frequency) * counts).astype(np.float32)
 
 
-def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
+def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
     """logits / temperature (temperature > 0)."""
-    return logits / temperature
+    return logits / np.float32(temperature)
 
 
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
+def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
     """Keep the k largest logits of each row (ties with the k-th are kept); k = 0 or k >= V is a no-op."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
+    kth = -np.partition(-logits, k - 1, axis=-1)[:, k - 1:k]
+    return np.where(logits < kth, np.float32(-np.inf), logits)
 
 
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis in float32 (rows of all ``-inf`` are not expected)."""
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _nucleus(probs: np.ndarray, p: float) -> np.ndarray:
+    """Indices of the smallest set of most likely entries of ``probs`` (V,) whose sum reaches ``p``.
+
+    Only the top candidates are sorted (``argpartition`` of the top 64, then 512, until their mass
+    reaches p; then the whole row), not the whole vocabulary: a peaked row (a trained model's) costs
+    ~1 ms instead of a full sort's several.
+    """
+    V = probs.shape[0]
+    k = min(64, V)
+    while True:
+        top = np.argpartition(-probs, k - 1)[:k] if k < V else np.arange(V)
+        order = top[np.argsort(-probs[top])]
+        sp = probs[order]
+        before = np.cumsum(sp) - sp  # probability mass strictly before each token
+        if k == V or before[-1] + sp[-1] >= p:
+            return order[before < p]  # the first token has before == 0 < p: always kept
+        k = 8 * k if k < 512 else V  # a flat row: one full sort (argpartition got slow on wide k)
+
+
+def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
     """Keep the smallest set of most likely tokens whose probability sum reaches ``p`` (always >= 1 token)."""
     if p >= 1.0:
         return logits
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
-    drop_sorted = before >= p  # the first token has before == 0 < p: always kept
-    drop = torch.zeros_like(drop_sorted).scatter_(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
+    probs = _softmax(logits)
+    out = np.full_like(logits, -np.inf)
+    for b in range(logits.shape[0]):
+        keep = _nucleus(probs[b], p)
+        out[b, keep] = logits[b, keep]
+    return out
 
 
-def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+def min_p_filter(logits: np.ndarray, min_p: float) -> np.ndarray:
     """Drop tokens whose probability is below ``min_p`` times the row's top probability."""
     if min_p <= 0.0:
         return logits
-    probs = torch.softmax(logits, dim=-1)
-    threshold = min_p * probs.max(dim=-1, keepdim=True).values
-    return logits.masked_fill(probs < threshold, float("-inf"))
+    probs = _softmax(logits)
+    threshold = np.float32(min_p) * probs.max(axis=-1, keepdims=True)
+    return np.where(probs < threshold, np.float32(-np.inf), logits)
 
 
-def filtered_logits(logits: Tensor, config: SamplingConfig, recent: Tensor | None = None) -> Tensor:
-    """Everything before the draw: penalty, temperature, top-k, top-p, min-p. (B, V) -> (B, V)."""
-    x = logits.float()
+def filtered_logits(logits: np.ndarray, config: SamplingConfig, recent: np.ndarray | None = None) -> np.ndarray:
+    """Everything before the draw: penalty, temperature, top-k, top-p, min-p. (B, V) -> (B, V) float32."""
+    x = np.asarray(logits, dtype=np.float32)
     if recent is not None:
-        window = recent[:, -config.repetition_window:]
+        window = np.asarray(recent)[:, -config.repetition_window:]
         x = apply_repetition_penalty(x, window, config.repetition_penalty)
         x = apply_presence_frequency(x, window, config.presence_penalty, config.frequency_penalty)
     if config.greedy:
@@ -152,8 +186,27 @@ def filtered_logits(logits: Tensor, config: SamplingConfig, recent: Tensor | Non
     return min_p_filter(x, config.min_p)
 
 
+# ---- the random state -------------------------------------------------------------------------------
+RNG_KIND = "numpy-pcg64"  # what a state file's sampler state is (files name it in their metadata)
+_U64 = (1 << 64) - 1
+
+
+def pack_pcg64(state: dict) -> np.ndarray:
+    """numpy's ``PCG64.state`` dict -> (6,) uint64: state hi/lo, inc hi/lo, has_uint32, uinteger."""
+    s, inc = state["state"]["state"], state["state"]["inc"]
+    return np.array([s >> 64, s & _U64, inc >> 64, inc & _U64, state["has_uint32"], state["uinteger"]],
+                    dtype=np.uint64)
+
+
+def unpack_pcg64(packed: np.ndarray) -> dict:
+    """Inverse of ``pack_pcg64``."""
+    v = [int(x) for x in np.asarray(packed, dtype=np.uint64).tolist()]
+    return {"bit_generator": "PCG64", "state": {"state": (v[0] << 64) | v[1], "inc": (v[2] << 64) | v[3]},
+            "has_uint32": v[4], "uinteger": v[5]}
+
+
 class Sampler:
-    """Draws next tokens with its own seeded ``torch.Generator`` (the global RNG is left alone)."""
+    """Draws next tokens with its own seeded ``numpy.random.Generator`` (PCG64; global RNGs are left alone)."""
 
     def __init__(self, config: SamplingConfig | None = None, vocab_limit: int | None = None):
         """``vocab_limit``: only ids below it may be drawn (e.g. the tokenizer's size when the model's
@@ -161,23 +214,30 @@ class Sampler:
         self.config = config or SamplingConfig()
         self.vocab_limit = vocab_limit
         self.seed = self.config.seed if self.config.seed is not None else int.from_bytes(os.urandom(4), "little")
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.generator = np.random.Generator(np.random.PCG64(self.seed))
 
-    def rng_state(self) -> Tensor:
-        """The generator's state, (N,) uint8 (saved with a conversation state: resumes continue the draws)."""
-        return self.generator.get_state()
+    def rng_state(self) -> np.ndarray:
+        """The generator's state, (6,) uint64 (saved with a conversation state: resumes continue the draws)."""
+        return pack_pcg64(self.generator.bit_generator.state)
 
-    def set_rng_state(self, state: Tensor) -> None:
+    def set_rng_state(self, state: np.ndarray) -> None:
         """Continue the draws from ``rng_state()`` of a sampler with the same seed."""
-        self.generator.set_state(state.clone())
+        self.generator.bit_generator.state = unpack_pcg64(state)
 
-    def __call__(self, logits: Tensor, recent: Tensor | None = None) -> Tensor:
-        """logits (B, V) -> token ids (B,) int64."""
+    def __call__(self, logits: np.ndarray, recent: np.ndarray | None = None) -> np.ndarray:
+        """logits (B, V) float32 -> token ids (B,) int64."""
+        logits = np.asarray(logits, dtype=np.float32)
         if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
-            logits = logits.clone()
-            logits[:, self.vocab_limit:] = float("-inf")
+            logits = logits.copy()
+            logits[:, self.vocab_limit:] = -np.inf
         x = filtered_logits(logits, self.config, recent)
         if self.config.greedy:
-            return x.argmax(dim=-1)
-        probs = torch.softmax(x, dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator).squeeze(-1)
+            return x.argmax(axis=-1).astype(np.int64)
+        # inverse CDF, one uniform per row (in row order); float64 sums so that the CDF ends at ~1
+        cdf = np.cumsum(np.exp(x - x.max(axis=-1, keepdims=True), dtype=np.float64), axis=-1)
+        u = self.generator.random(x.shape[0]) * cdf[:, -1]
+        out = np.empty(x.shape[0], dtype=np.int64)
+        for b in range(x.shape[0]):
+            i = int(np.searchsorted(cdf[b], u[b], side="right"))
+            out[b] = min(i, x.shape[1] - 1)
+        return out

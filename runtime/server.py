@@ -179,9 +179,8 @@ def create_app(config: ServerConfig, engine: Engine) -> FastAPI:
             except RuntimeError:  # the event loop is gone (server stopped): nobody listens
                 pass
 
-        eos = session.tokenizer.eos_token_id
         req = GenerationRequest(ids, max_tokens, sampling, emit, stops,
-                                set() if eos is None or body.ignore_eos else {int(eos)})
+                                set() if body.ignore_eos else set(session.eos_token_ids))
         try:
             engine.submit(req)
         except QueueFullError as e:

@@ -11,18 +11,21 @@ one stopped unless it is given ``continue_conversation=False`` (or after ``reset
 given by keyword (``temperature=0.7, top_p=0.9, seed=1``) or as one ``SamplingConfig``. Token ids are
 checked against the vocab before they reach a graph. ``last_stats`` holds the ``GenerationStats`` of
 the last call (prompt / new tokens, time to first token, tok/s, why each row stopped).
+
+Arrays in and out are numpy: ``prefill`` / ``step`` / ``logits`` give (B, V) float32 arrays, token ids
+may be lists, numpy arrays or (when torch is installed) torch tensors. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+import numpy as np
 
 from .backend import Backend
 from .errors import (
@@ -38,7 +41,13 @@ from .sampling import SamplingConfig
 from .state import RecurrentState, StateLayout
 
 BACKENDS = ("onnxruntime", "executorch", "torch")
-TokenInput = Sequence[int] | Sequence[Sequence[int]] | Tensor
+TokenInput = Sequence[int] | Sequence[Sequence[int]] | np.ndarray  # or a torch tensor
+
+
+def _is_module(obj: Any) -> bool:
+    """True for a ``torch.nn.Module`` (checked without importing torch)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.nn.Module)
 
 
 def default_threads() -> int:
@@ -48,7 +57,7 @@ def default_threads() -> int:
 
 # ---- loading ------------------------------------------------------------------------------------
 def load(
-    source: str | os.PathLike | nn.Module,
+    source: str | os.PathLike | Any,
     backend: str | None = None,
     *,
     tokenizer: Any | None = None,
@@ -77,7 +86,7 @@ def load(
     decode = threads if decode_threads is None else int(decode_threads)
     if decode < 1:
         raise GenerationArgumentError(f"decode_threads must be >= 1, got {decode_threads}")
-    if isinstance(source, nn.Module):
+    if _is_module(source):
         if backend not in (None, "torch"):
             raise PackageError(f"a model object runs on the torch backend only, not {backend!r}: export it first")
         from .torch_backend import TorchBackend
@@ -102,7 +111,7 @@ def load(
                 tokenizer = load_tokenizer(path / manifest.tokenizer.file, config=impl.config)
             except TokenizerError as e:
                 raise PackageError(f"package {path}: {e}") from None
-        return Session(impl, tokenizer)
+        return Session(impl, tokenizer, eos_token_ids=_generation_eos(path))
 
     if (path / "config.json").is_file():
         if backend not in (None, "torch"):
@@ -125,7 +134,7 @@ def load(
                 tokenizer = load_tokenizer(path, config=impl.config)
             except TokenizerError as e:
                 raise PackageError(f"checkpoint {path}: {e}") from None
-        return Session(impl, tokenizer)
+        return Session(impl, tokenizer, eos_token_ids=_generation_eos(path))
     raise PackageError(f"{path} is neither an exported package (no {MANIFEST_NAME}) nor a checkpoint (no config.json)")
 
 
@@ -152,6 +161,16 @@ def _open_package(path: Path, backend: str | None, threads: int, decode_threads:
     return ExecuTorchBackend(path, manifest, threads, decode_threads)
 
 
+def _generation_eos(path: Path) -> list[int]:
+    """The eos ids of ``path``/generation_config.json ([] without one); ``PackageError`` if malformed."""
+    from xlstm_edge.export.metadata import ManifestError, generation_eos_ids
+
+    try:
+        return generation_eos_ids(path)
+    except ManifestError as e:
+        raise PackageError(str(e)) from None
+
+
 def _model_tokenizer(config: Any) -> Any:
     from xlstm_edge.tokenizer import byte_tokenizer
 
@@ -165,13 +184,23 @@ def _model_tokenizer(config: Any) -> Any:
 class Session:
     """A model on one backend + its tokenizer + one conversation state (``batch_size`` rows)."""
 
-    def __init__(self, backend: Backend, tokenizer: Any):
+    def __init__(self, backend: Backend, tokenizer: Any, eos_token_ids: Sequence[int] = ()):
+        """``eos_token_ids``: ids that end a reply besides the tokenizer's eos (a package's or checkpoint's
+        generation_config.json ``eos_token_id``)."""
         self.backend = backend
         self.tokenizer = tokenizer
         self.layout: StateLayout = backend.layout
+        eos = {int(i) for i in eos_token_ids}
+        if tokenizer.eos_token_id is not None:
+            eos.add(int(tokenizer.eos_token_id))
+        bad = sorted(i for i in eos if not 0 <= i < backend.layout.vocab_size)
+        if bad:
+            raise PackageError(f"eos token id {bad[0]} (generation_config.json) is outside "
+                               f"0..{backend.layout.vocab_size - 1}")
+        self.eos_token_ids: frozenset[int] = frozenset(eos)
         self.last_stats = None  # GenerationStats of the last stream / generate call
         self._sampler: Any = None  # the Sampler of the last sampled call (its draws continue on a resume)
-        self._saved_rng: tuple[int, Tensor] | None = None  # (seed, generator state) from a loaded state
+        self._saved_rng: tuple[int, np.ndarray] | None = None  # (seed, generator state) from a loaded state
         self._reset_bookkeeping(backend.batch_size)
 
     # ---- facts ---------------------------------------------------------------------------------
@@ -198,17 +227,17 @@ class Session:
         return self._pending is None and not bool(self._num_tokens.any())
 
     @property
-    def logits(self) -> Tensor | None:
+    def logits(self) -> np.ndarray | None:
         """Logits for the next token (B, V), or None when a token is pending (fed on the next call)."""
         return self._logits
 
     @property
-    def num_tokens(self) -> Tensor:
+    def num_tokens(self) -> np.ndarray:
         """(B,) int64: tokens fed so far in each row."""
-        return self._num_tokens.clone()
+        return self._num_tokens.copy()
 
     @property
-    def recent_tokens(self) -> Tensor:
+    def recent_tokens(self) -> np.ndarray:
         """(B, RECENT_WINDOW) int64, -1 = empty: the recent tokens the repetition penalty sees."""
         return self._recent
 
@@ -216,15 +245,15 @@ class Session:
         return f"Session({self.backend.describe()}, batch {self.batch_size}, vocab {self.vocab_size})"
 
     def host_ops(self) -> AbstractContextManager[None]:
-        """A context for torch work around the backend's calls (sampling, copies): on one torch thread
-        where the backend has a thread pool of its own (see ``host_threads``)."""
+        """A context for host work around the backend's calls (sampling, copies): torch, where something
+        loaded it, on one thread when the backend has a thread pool of its own (see ``host_threads``)."""
         return torch_threads(self.backend.host_torch_threads)
 
     # ---- state ---------------------------------------------------------------------------------
     def _reset_bookkeeping(self, batch_size: int) -> None:
         fresh = RecurrentState.fresh(self.layout, batch_size)
-        self._logits: Tensor | None = None
-        self._pending: Tensor | None = None
+        self._logits: np.ndarray | None = None
+        self._pending: np.ndarray | None = None
         self._recent = fresh.recent
         self._num_tokens = fresh.num_tokens
 
@@ -236,7 +265,7 @@ class Session:
         self._reset_bookkeeping(batch_size)
         self._sampler, self._saved_rng = None, None
 
-    def sampler_state(self) -> tuple[int, Tensor] | None:
+    def sampler_state(self) -> tuple[int, np.ndarray] | None:
         """(seed, generator state) of the conversation's last sampled draw, or None (greedy / fresh)."""
         if self._sampler is not None and not self._sampler.config.greedy:
             return self._sampler.seed, self._sampler.rng_state()
@@ -256,10 +285,10 @@ class Session:
             return RecurrentState(
                 self.layout,
                 self.backend.read_state(),
-                None if self._logits is None else self._logits.clone(),
-                None if self._pending is None else self._pending.clone(),
-                self._recent.clone(),
-                self._num_tokens.clone(),
+                None if self._logits is None else self._logits.copy(),
+                None if self._pending is None else self._pending.copy(),
+                self._recent.copy(),
+                self._num_tokens.copy(),
                 self.sampler_state(),
             )
 
@@ -276,12 +305,12 @@ class Session:
             self._check_ids(state.pending[:, None])
         with self.host_ops():
             self.backend.write_state(state.tensors)
-        self._logits = None if state.logits is None else state.logits.clone()
-        self._pending = None if state.pending is None else state.pending.clone()
-        self._recent = state.recent.clone()
-        self._num_tokens = state.num_tokens.clone()
+        self._logits = None if state.logits is None else state.logits.copy()
+        self._pending = None if state.pending is None else state.pending.copy()
+        self._recent = state.recent.copy()
+        self._num_tokens = state.num_tokens.copy()
         self._sampler = None
-        self._saved_rng = None if state.rng is None else (state.rng[0], state.rng[1].clone())
+        self._saved_rng = None if state.rng is None else (state.rng[0], state.rng[1].copy())
 
     def save_state(self, path: str | os.PathLike) -> Path:
         """Write the conversation state to a safetensors file (atomically: write, then rename)."""
@@ -307,59 +336,65 @@ class Session:
             return self.tokenizer.encode(text, allow_special=True)
         return self.tokenizer.encode(text)
 
-    def _check_ids(self, ids: Tensor) -> Tensor:
+    def _check_ids(self, ids: np.ndarray) -> np.ndarray:
         """Raise ``TokenRangeError`` naming the first id of (B, T) ``ids`` outside the vocab."""
-        flat = ids.reshape(-1).tolist()  # plain ints: cheaper than tensor ops for one token per step
+        flat = ids.reshape(-1).tolist()  # plain ints: cheaper than array ops for one token per step
         if flat and (min(flat) < 0 or max(flat) >= self.vocab_size):
             bad = (ids < 0) | (ids >= self.vocab_size)
-            row, pos = (int(i) for i in bad.nonzero()[0])
+            row, pos = (int(i[0]) for i in np.nonzero(bad))
             raise TokenRangeError(
                 f"token id {int(ids[row, pos])} (row {row}, position {pos}) is outside 0..{self.vocab_size - 1}"
             )
         return ids
 
-    def as_ids(self, tokens: TokenInput) -> Tensor | list[Tensor]:
-        """(B, T) int64 tensor for equal-length rows, a list of (1, T_b) tensors for ragged ones."""
-        if isinstance(tokens, Tensor):
-            if tokens.dtype.is_floating_point or tokens.dtype == torch.bool or tokens.dim() not in (1, 2):
-                raise GenerationArgumentError(f"tokens must be an integer (T,) or (B, T) tensor, got "
-                                              f"{tokens.dtype} {tuple(tokens.shape)}")
-            ids = tokens.to(torch.int64).reshape(1, -1) if tokens.dim() == 1 else tokens.to(torch.int64)
+    def as_ids(self, tokens: TokenInput) -> np.ndarray | list[np.ndarray]:
+        """(B, T) int64 array for equal-length rows, a list of (1, T_b) arrays for ragged ones."""
+        if hasattr(tokens, "shape") and hasattr(tokens, "dtype"):  # a numpy array or a torch tensor
+            arr = np.asarray(tokens.cpu() if hasattr(tokens, "cpu") else tokens)
+            if arr.dtype.kind not in "iu" or arr.ndim not in (1, 2):
+                raise GenerationArgumentError(f"tokens must be an integer (T,) or (B, T) array, got "
+                                              f"{arr.dtype} {tuple(arr.shape)}")
+            ids = arr.astype(np.int64).reshape(1, -1) if arr.ndim == 1 else arr.astype(np.int64)
             return self._check_ids(ids)
         rows = list(tokens)
-        if rows and not isinstance(rows[0], int | Tensor) and hasattr(rows[0], "__len__"):
-            tensors = [torch.as_tensor(list(r), dtype=torch.int64).reshape(1, -1) for r in rows]
+        if rows and not isinstance(rows[0], int | np.integer) and hasattr(rows[0], "__len__"):
+            arrays = [np.asarray([int(t) for t in r], dtype=np.int64).reshape(1, -1) for r in rows]
         else:
-            tensors = [torch.as_tensor(rows, dtype=torch.int64).reshape(1, -1)]
-        for t in tensors:
-            self._check_ids(t)
-        if len({t.shape[1] for t in tensors}) == 1:
-            return torch.cat(tensors)
-        return tensors
+            arrays = [np.asarray([int(t) for t in rows], dtype=np.int64).reshape(1, -1)]
+        for a in arrays:
+            self._check_ids(a)
+        if len({a.shape[1] for a in arrays}) == 1:
+            return np.concatenate(arrays)
+        return arrays
 
-    def _record(self, ids: Tensor) -> None:
+    def _record(self, ids: np.ndarray) -> None:
         """Bookkeeping after feeding ``ids`` (B, T): recent window, token counts."""
         window = self._recent.shape[1]
-        self._recent = torch.cat([self._recent, ids], dim=1)[:, -window:]
-        self._num_tokens += ids.shape[1]
+        T = ids.shape[1]
+        if T >= window:
+            self._recent = ids[:, -window:].copy()
+        else:  # shift in place: no new (B, W) array per step
+            self._recent[:, :-T] = self._recent[:, T:]
+            self._recent[:, -T:] = ids
+        self._num_tokens += T
 
-    def _take_pending(self, ids: Tensor) -> Tensor:
+    def _take_pending(self, ids: np.ndarray) -> np.ndarray:
         """Prepend the pending tokens (chosen but not yet fed) to ``ids`` (B, T)."""
         if self._pending is None:
             return ids
-        ids = torch.cat([self._pending[:, None], ids], dim=1)
+        ids = np.concatenate([self._pending[:, None], ids], axis=1)
         self._pending = None
         return ids
 
-    def prefill(self, tokens: TokenInput) -> Tensor:
+    def prefill(self, tokens: TokenInput) -> np.ndarray:
         """Feed a prompt after the current state; return the next-token logits (B, V).
 
         ``tokens``: a list of ids (one row), a list of lists (one per row; rows of different lengths
         are fed one row at a time) or a (B, T) tensor. A fresh session takes the batch size of ``tokens``.
         """
         ids = self.as_ids(tokens)
-        batch = ids.shape[0] if isinstance(ids, Tensor) else len(ids)
-        lengths = [ids.shape[1]] * batch if isinstance(ids, Tensor) else [t.shape[1] for t in ids]
+        batch = ids.shape[0] if isinstance(ids, np.ndarray) else len(ids)
+        lengths = [ids.shape[1]] * batch if isinstance(ids, np.ndarray) else [t.shape[1] for t in ids]
         if min(lengths) == 0 and self._pending is None:
             raise EmptyPromptError("prompt is empty: give at least one token")
         if self.is_fresh and batch != self.batch_size:
@@ -367,15 +402,15 @@ class Session:
         if batch != self.batch_size:
             raise GenerationArgumentError(f"the session holds {self.batch_size} row(s); got {batch} prompt(s) "
                                           f"(call reset() to start over with another batch size)")
-        if isinstance(ids, Tensor):
+        if isinstance(ids, np.ndarray):
             ids = self._take_pending(ids)
             with self.host_ops():
-                self._logits = self.backend.prefill(ids).clone()
+                self._logits = self.backend.prefill(ids).copy()
             self._record(ids)
             return self._logits
         return self._prefill_ragged(ids)
 
-    def _prefill_ragged(self, rows: list[Tensor]) -> Tensor:
+    def _prefill_ragged(self, rows: list[np.ndarray]) -> np.ndarray:
         """Rows of different lengths: run each as a batch of one, then stack the states."""
         whole = self.get_state()
         done = []
@@ -387,10 +422,10 @@ class Session:
         assert self._logits is not None
         return self._logits
 
-    def step(self, tokens: TokenInput) -> Tensor:
-        """Feed one token per row ((B,) or (B, 1)); return the next-token logits (B, V)."""
+    def step(self, tokens: TokenInput) -> np.ndarray:
+        """Feed one token per row ((B,) or (B, 1)); return the next-token logits (B, V) float32."""
         ids = self.as_ids(tokens)
-        if not isinstance(ids, Tensor) or (ids.shape[0] > 1 and ids.shape[1] != 1):
+        if not isinstance(ids, np.ndarray) or (ids.shape[0] > 1 and ids.shape[1] != 1):
             raise GenerationArgumentError("step takes one token per row: (B,) or (B, 1)")
         ids = ids.reshape(-1, 1)
         if ids.shape[0] != self.batch_size:
@@ -401,7 +436,7 @@ class Session:
         if self._pending is not None:
             self._flush_pending()
         with self.host_ops():
-            self._logits = self.backend.step(ids).clone()
+            self._logits = self.backend.step(ids).copy()
         self._record(ids)
         return self._logits
 
@@ -410,10 +445,10 @@ class Session:
         ids = self._pending[:, None]
         self._pending = None
         with self.host_ops():
-            self._logits = self.backend.step(ids).clone()
+            self._logits = self.backend.step(ids).copy()
         self._record(ids)
 
-    def next_logits(self) -> Tensor:
+    def next_logits(self) -> np.ndarray:
         """Logits for the next token, feeding the pending tokens first if there are any."""
         if self._pending is not None:
             self._flush_pending()
@@ -421,10 +456,11 @@ class Session:
             raise EmptyPromptError("nothing has been fed yet: prefill a prompt first")
         return self._logits
 
-    def set_pending(self, tokens: Tensor) -> None:
+    def set_pending(self, tokens: np.ndarray) -> None:
         """Mark (B,) tokens as chosen: they are fed at the start of the next call."""
-        self._check_ids(tokens.reshape(-1, 1))
-        self._pending = tokens.reshape(-1).to(torch.int64).clone()
+        ids = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        self._check_ids(ids.reshape(-1, 1))
+        self._pending = ids.copy()
         self._logits = None
 
     # ---- generation (see generate.py) ----------------------------------------------------------
@@ -446,7 +482,7 @@ class Session:
                      continues from the state; an error on a fresh session). False: start over first.
         sampling / sampling_fields  a ``SamplingConfig``, or its fields by keyword (``temperature=0.7,
                      top_p=0.9, seed=1``); not both. Default: greedy.
-        ``stop_tokens`` defaults to the tokenizer's eos; generation of a row stops at a stop token (not
+        ``stop_tokens`` defaults to ``eos_token_ids`` (the tokenizer's eos and generation_config.json's); generation of a row stops at a stop token (not
         shown) or a stop string (not shown, nor anything after it; it stays in the state). Stats of
         the call land in ``last_stats``.
         """

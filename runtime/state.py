@@ -22,13 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
-from xlstm_edge.state import StateTensorSpec
+from xlstm_edge.state_spec import StateTensorSpec
 
 from .errors import StateMismatchError
-from .sampling import MAX_REPETITION_WINDOW
+from .sampling import MAX_REPETITION_WINDOW, RNG_KIND
 
 STATE_FORMAT = "xlstm-edge-state"
 STATE_FORMAT_VERSION = "1"
@@ -60,13 +59,13 @@ class StateLayout:
     @classmethod
     def from_config(cls, config: Any, model_name: str) -> StateLayout:
         """From an ``xLSTMConfig`` (the order of ``xlstm_edge.state.state_spec``)."""
-        from xlstm_edge.state import state_spec
+        from xlstm_edge.state_spec import state_spec
 
         return cls(tuple(state_spec(config)), config_hash(config.to_dict()), model_name, config.vocab_size)
 
-    def zeros(self, batch_size: int) -> list[Tensor]:
+    def zeros(self, batch_size: int) -> list[np.ndarray]:
         """The initial state: every tensor zero, (batch_size, *shape) float32."""
-        return [torch.zeros(batch_size, *t.shape, dtype=torch.float32) for t in self.tensors]
+        return [np.zeros((batch_size, *t.shape), dtype=np.float32) for t in self.tensors]
 
     @property
     def bytes_per_row(self) -> int:
@@ -78,13 +77,16 @@ class StateLayout:
             n += k
         return n
 
-    def check(self, tensors: list[Tensor], where: str) -> int:
+    def check(self, tensors: list[np.ndarray], where: str) -> int:
         """Check count, shapes and dtype; return the batch size. Raises ``StateMismatchError``."""
         if len(tensors) != len(self.tensors):
             raise StateMismatchError(f"{where}: {len(tensors)} state tensors, the model has {len(self.tensors)}")
-        batch = tensors[0].shape[0] if tensors and tensors[0].dim() else -1
+        batch = tensors[0].shape[0] if tensors and np.ndim(tensors[0]) else -1
         for spec, t in zip(self.tensors, tensors, strict=True):
-            if t.dtype != torch.float32 or t.dim() != 1 + len(spec.shape) or tuple(t.shape[1:]) != spec.shape \
+            if not isinstance(t, np.ndarray):
+                raise StateMismatchError(f"{where}: {spec.input_name} is a {type(t).__name__}, expected a numpy "
+                                         f"array (the runtime's state is numpy)")
+            if t.dtype != np.float32 or t.ndim != 1 + len(spec.shape) or tuple(t.shape[1:]) != spec.shape \
                     or t.shape[0] != batch:
                 raise StateMismatchError(
                     f"{where}: {spec.input_name} is {t.dtype} {tuple(t.shape)}, expected float32 "
@@ -95,34 +97,34 @@ class StateLayout:
         return batch
 
 
-def _empty_recent(batch_size: int) -> Tensor:
-    return torch.full((batch_size, RECENT_WINDOW), -1, dtype=torch.int64)
+def _empty_recent(batch_size: int) -> np.ndarray:
+    return np.full((batch_size, RECENT_WINDOW), -1, dtype=np.int64)
 
 
 @dataclass
 class RecurrentState:
-    """One conversation state for ``batch_size`` rows.
+    """One conversation state for ``batch_size`` rows (numpy arrays).
 
     tensors     recurrent tensors in ``layout`` order, (B, *shape) float32
     logits      (B, V) float32 logits for the next token, or None when ``pending`` holds tokens
     pending     (B,) int64 tokens chosen (and shown) but not yet fed to the model, or None
     recent      (B, RECENT_WINDOW) int64, most recent last, -1 = empty (for the repetition penalty)
     num_tokens  (B,) int64 tokens fed so far
-    rng         the sampler's ``(seed, generator state (N,) uint8)`` after a sampled run, else None
+    rng         the sampler's ``(seed, PCG64 state (6,) uint64)`` after a sampled run, else None
     """
 
     layout: StateLayout
-    tensors: list[Tensor]
-    logits: Tensor | None
-    pending: Tensor | None
-    recent: Tensor
-    num_tokens: Tensor
-    rng: tuple[int, Tensor] | None = None
+    tensors: list[np.ndarray]
+    logits: np.ndarray | None
+    pending: np.ndarray | None
+    recent: np.ndarray
+    num_tokens: np.ndarray
+    rng: tuple[int, np.ndarray] | None = None
 
     @classmethod
     def fresh(cls, layout: StateLayout, batch_size: int = 1) -> RecurrentState:
         return cls(layout, layout.zeros(batch_size), None, None, _empty_recent(batch_size),
-                   torch.zeros(batch_size, dtype=torch.int64))
+                   np.zeros(batch_size, dtype=np.int64))
 
     @property
     def batch_size(self) -> int:
@@ -131,18 +133,18 @@ class RecurrentState:
     @property
     def nbytes(self) -> int:
         """Bytes of the recurrent tensors (not counting logits and bookkeeping)."""
-        return sum(t.numel() * t.element_size() for t in self.tensors)
+        return sum(t.nbytes for t in self.tensors)
 
     def copy(self) -> RecurrentState:
         """An independent deep copy (fork a conversation)."""
         return RecurrentState(
             self.layout,
-            [t.clone() for t in self.tensors],
-            None if self.logits is None else self.logits.clone(),
-            None if self.pending is None else self.pending.clone(),
-            self.recent.clone(),
-            self.num_tokens.clone(),
-            None if self.rng is None else (self.rng[0], self.rng[1].clone()),
+            [t.copy() for t in self.tensors],
+            None if self.logits is None else self.logits.copy(),
+            None if self.pending is None else self.pending.copy(),
+            self.recent.copy(),
+            self.num_tokens.copy(),
+            None if self.rng is None else (self.rng[0], self.rng[1].copy()),
         )
 
     def row(self, index: int) -> RecurrentState:
@@ -150,12 +152,12 @@ class RecurrentState:
         pick = slice(index, index + 1)
         return RecurrentState(
             self.layout,
-            [t[pick].clone() for t in self.tensors],
-            None if self.logits is None else self.logits[pick].clone(),
-            None if self.pending is None else self.pending[pick].clone(),
-            self.recent[pick].clone(),
-            self.num_tokens[pick].clone(),
-            None if self.rng is None else (self.rng[0], self.rng[1].clone()),
+            [t[pick].copy() for t in self.tensors],
+            None if self.logits is None else self.logits[pick].copy(),
+            None if self.pending is None else self.pending[pick].copy(),
+            self.recent[pick].copy(),
+            self.num_tokens[pick].copy(),
+            None if self.rng is None else (self.rng[0], self.rng[1].copy()),
         )
 
     @classmethod
@@ -172,28 +174,29 @@ class RecurrentState:
             raise StateMismatchError("cannot stack states that stand at different points (logits vs pending)")
         return cls(
             layout,
-            [torch.cat([r.tensors[i] for r in rows]) for i in range(len(layout.tensors))],
-            torch.cat([r.logits for r in rows]) if has_logits[0] else None,
-            torch.cat([r.pending for r in rows]) if has_pending[0] else None,
-            torch.cat([r.recent for r in rows]),
-            torch.cat([r.num_tokens for r in rows]),
+            [np.concatenate([r.tensors[i] for r in rows]) for i in range(len(layout.tensors))],
+            np.concatenate([r.logits for r in rows]) if has_logits[0] else None,  # type: ignore[misc]
+            np.concatenate([r.pending for r in rows]) if has_pending[0] else None,  # type: ignore[misc]
+            np.concatenate([r.recent for r in rows]),
+            np.concatenate([r.num_tokens for r in rows]),
         )
 
     # ---- files ---------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
         """Write a safetensors file atomically; its metadata names the model (config hash) and the
         format, plus ``metadata`` (str -> str, e.g. a chat's messages)."""
-        from safetensors.torch import save_file
+        from safetensors.numpy import save_file
 
-        flat = {spec.input_name: t.contiguous() for spec, t in zip(self.layout.tensors, self.tensors, strict=True)}
-        flat[_RECENT] = self.recent.contiguous()
-        flat[_COUNT] = self.num_tokens.contiguous()
+        c = np.ascontiguousarray
+        flat = {spec.input_name: c(t) for spec, t in zip(self.layout.tensors, self.tensors, strict=True)}
+        flat[_RECENT] = c(self.recent)
+        flat[_COUNT] = c(self.num_tokens)
         if self.logits is not None:
-            flat[_LOGITS] = self.logits.contiguous()
+            flat[_LOGITS] = c(self.logits)
         if self.pending is not None:
-            flat[_PENDING] = self.pending.contiguous()
+            flat[_PENDING] = c(self.pending)
         if self.rng is not None:
-            flat[_RNG] = self.rng[1].contiguous()
+            flat[_RNG] = c(self.rng[1])
         meta = {
             "format": STATE_FORMAT,
             "format_version": STATE_FORMAT_VERSION,
@@ -201,7 +204,7 @@ class RecurrentState:
             "model_name": self.layout.model_name,
             "convention": STATE_CONVENTION,
             "batch_size": str(self.batch_size),
-            **({} if self.rng is None else {"rng_seed": str(self.rng[0])}),
+            **({} if self.rng is None else {"rng_seed": str(self.rng[0]), "rng_kind": RNG_KIND}),
             **(metadata or {}),
         }
         path = Path(path)
@@ -233,7 +236,7 @@ class RecurrentState:
         if not path.is_file():
             raise StateMismatchError(f"state file {path} does not exist")
         try:
-            with safe_open(str(path), framework="pt") as fh:
+            with safe_open(str(path), framework="numpy") as fh:
                 meta = fh.metadata() or {}
                 flat = {k: fh.get_tensor(k) for k in fh.keys()}
         except SafetensorError as e:
@@ -263,10 +266,10 @@ class RecurrentState:
         if (logits is None) == (pending is None):
             raise StateMismatchError(f"state file {path} must hold exactly one of logits / pending tokens")
         checks = [
-            (_RECENT, flat[_RECENT], torch.int64, (batch, RECENT_WINDOW)),
-            (_COUNT, flat[_COUNT], torch.int64, (batch,)),
-            (_LOGITS, logits, torch.float32, (batch, layout.vocab_size)),
-            (_PENDING, pending, torch.int64, (batch,)),
+            (_RECENT, flat[_RECENT], np.int64, (batch, RECENT_WINDOW)),
+            (_COUNT, flat[_COUNT], np.int64, (batch,)),
+            (_LOGITS, logits, np.float32, (batch, layout.vocab_size)),
+            (_PENDING, pending, np.int64, (batch,)),
         ]
         for name, t, dtype, shape in checks:
             if t is not None and (t.dtype != dtype or tuple(t.shape) != shape):
@@ -275,7 +278,11 @@ class RecurrentState:
         rng = None
         if _RNG in flat:
             seed = meta.get("rng_seed", "")
-            if not seed.isdigit() or flat[_RNG].dtype != torch.uint8 or flat[_RNG].dim() != 1:
+            if meta.get("rng_kind") != RNG_KIND:
+                raise StateMismatchError(
+                    f"state file {path} holds a {meta.get('rng_kind', 'torch')} sampler state (written by an older "
+                    f"xlstm-edge), which this runtime ({RNG_KIND} draws) cannot continue: start the conversation again")
+            if not seed.isdigit() or flat[_RNG].dtype != np.uint64 or flat[_RNG].shape != (6,):
                 raise StateMismatchError(f"state file {path}: malformed sampler state (rng_seed {seed!r})")
             rng = (int(seed), flat[_RNG])
         return cls(layout, tensors, logits, pending, flat[_RECENT], flat[_COUNT], rng), meta

@@ -45,7 +45,7 @@ def prefix_key(ids: Sequence[int]) -> str:
 def entry_bytes(state: RecurrentState) -> int:
     """Bytes of every tensor a stored state holds (its file adds a header of about a kilobyte)."""
     extra = [state.logits, state.pending, state.recent, state.num_tokens, None if state.rng is None else state.rng[1]]
-    return state.nbytes + sum(t.numel() * t.element_size() for t in extra if t is not None)
+    return state.nbytes + sum(t.nbytes for t in extra if t is not None)
 
 
 def _prefix_keys(ids: Sequence[int], lengths: list[int]) -> dict[int, str]:
@@ -108,7 +108,7 @@ class StateCache:
         assert self.directory is not None
         for path in self.directory.glob(f"*{_SUFFIX}"):
             try:
-                with safe_open(str(path), framework="pt") as fh:
+                with safe_open(str(path), framework="numpy") as fh:
                     meta = fh.metadata() or {}
             except (SafetensorError, OSError):
                 continue

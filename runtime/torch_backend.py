@@ -2,7 +2,9 @@
 
 It runs a model object, or one loaded from a checkpoint directory with
 ``xlstm_edge.checkpoint.load_checkpoint`` (an exported package holds no eager weights, so it
-cannot feed this backend). Prefill uses the chunkwise form, steps the one-step form.
+cannot feed this backend). Prefill uses the chunkwise form, steps the one-step form. Its state
+buffers are numpy arrays (the runtime's interface) that the model reads and writes through
+``torch.from_numpy`` views, without copies.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -53,12 +56,12 @@ class TorchBackend(SingleBufferBackend):
     def _layers(self) -> list[dict[str, Tensor]]:
         layers: list[dict[str, Tensor]] = [{} for _ in range(self.config.num_hidden_layers)]
         for spec, t in zip(self.layout.tensors, self._state, strict=True):
-            layers[spec.layer][spec.name] = t
+            layers[spec.layer][spec.name] = torch.from_numpy(t)
         return layers
 
     def _store(self, new_layers: list[dict[str, Tensor]]) -> None:
         for spec, buf in zip(self.layout.tensors, self._state, strict=True):
-            buf.copy_(new_layers[spec.layer][spec.name])
+            torch.from_numpy(buf).copy_(new_layers[spec.layer][spec.name])
 
     @staticmethod
     def _use_threads(n: int) -> None:
@@ -66,19 +69,21 @@ class TorchBackend(SingleBufferBackend):
             torch.set_num_threads(n)
 
     @torch.inference_mode()
-    def prefill(self, input_ids: Tensor) -> Tensor:
+    def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         self._use_threads(self.num_threads)
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
         logits = None
         for start in range(0, input_ids.shape[1], PREFILL_SLICE):
-            piece = input_ids[:, start:start + PREFILL_SLICE]
+            piece = ids[:, start:start + PREFILL_SLICE]
             logits, new = self.model(piece, state=self._layers(), form="chunkwise", last_only=True)
             self._store(new)
         assert logits is not None  # T >= 1 is checked by the session
-        return logits[:, -1].float()
+        return logits[:, -1].float().numpy()
 
     @torch.inference_mode()
-    def step(self, input_ids: Tensor) -> Tensor:
+    def step(self, input_ids: np.ndarray) -> np.ndarray:
         self._use_threads(self.decode_threads)
-        logits, new = self.model(input_ids, state=self._layers())
+        ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
+        logits, new = self.model(ids, state=self._layers())
         self._store(new)
-        return logits[:, -1].float()
+        return logits[:, -1].float().numpy()

@@ -24,18 +24,24 @@ def seed(request) -> int:
     return value
 
 
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Norm-wise relative error ||a - e|| / ||e|| (Frobenius), against a never-zero reference."""
-    expected = expected.double()
+def _tensor(x) -> torch.Tensor:
+    """A torch tensor of ``x`` (the runtime returns numpy arrays)."""
+    return x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
+def rel_err(actual, expected) -> float:
+    """Norm-wise relative error ||a - e|| / ||e|| (Frobenius), against a never-zero reference.
+    Takes torch tensors or numpy arrays."""
+    actual, expected = _tensor(actual), _tensor(expected).double()
     scale = expected.norm().item()
     assert scale > 0, "reference is all zeros: the test would prove nothing"
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     return (actual.double() - expected).norm().item() / scale
 
 
-def max_rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+def max_rel_err(actual, expected) -> float:
     """max |a - e| / max |e|: the stricter, element-wise figure (reported, looser bound)."""
-    expected = expected.double()
+    actual, expected = _tensor(actual), _tensor(expected).double()
     return (actual.double() - expected).abs().max().item() / expected.abs().max().item()
 
 

@@ -9,6 +9,7 @@ left out; one that exists but fails to import raises (no silent fallback).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -30,6 +31,10 @@ COMMANDS: list[str] = [
     "xlstm_edge.train:train_cmd",
     "xlstm_edge.demo:demo_cmd",
 ]
+# optional dependencies a command may lack in a smaller install -> the extra that brings each
+OPTIONAL_DEPENDENCIES: dict[str, str] = {"torch": "torch", "onnx": "onnx", "onnxscript": "onnx",
+                                         "executorch": "executorch", "fastapi": "serve", "uvicorn": "serve",
+                                         "onnxruntime": "runtime"}
 # errors that mean "bad input" (a one-line message, exit status 1, no traceback) rather than a bug;
 # looked up among the modules already imported, since an error of a module never imported cannot occur
 USER_ERRORS: list[str] = [
@@ -77,6 +82,14 @@ def load_command(spec: str) -> click.Command | None:
     return command
 
 
+def _module_exists(name: str) -> bool:
+    """Whether module ``name`` exists, without running it (its optional dependencies may be missing)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a parent package that does not exist (yet)
+        return False
+
+
 def _user_error_types() -> tuple[type[BaseException], ...]:
     types = []
     for spec in USER_ERRORS:
@@ -92,8 +105,24 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         names = set(super().list_commands(ctx))
-        names.update(command_name(spec) for spec in COMMANDS if load_command(spec) is not None)
+        names.update(command_name(spec) for spec in COMMANDS if _module_exists(spec.partition(":")[0]))
         return sorted(names)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """``--help``: commands whose optional dependency is missing (torch in a runtime-only install)
+        are listed with the extra that brings it, not raised."""
+        rows = []
+        for name in self.list_commands(ctx):
+            try:
+                cmd = self.get_command(ctx, name)
+            except click.UsageError as e:
+                rows.append((name, e.message))
+                continue
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(formatter.width - 6 - len(name))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -101,7 +130,14 @@ class LazyGroup(click.Group):
             return command
         for spec in COMMANDS:
             if command_name(spec) == cmd_name:
-                command = load_command(spec)
+                try:
+                    command = load_command(spec)
+                except ModuleNotFoundError as e:
+                    extra = OPTIONAL_DEPENDENCIES.get((e.name or "").split(".")[0])
+                    if extra is None:
+                        raise
+                    raise click.UsageError(f"command {cmd_name!r} needs {e.name}, which is not installed: "
+                                           f"pip install 'xlstm-edge[{extra}]'") from None
                 if command is None:
                     module = spec.partition(":")[0]
                     raise click.UsageError(f"command {cmd_name!r} is not available yet: {module} does not exist")
@@ -320,3 +356,7 @@ def info_cmd(ckpt: Path | None, preset: str | None, as_json: bool) -> None:
         raise click.UsageError("give either a checkpoint path or --preset NAME")
     d = describe(ckpt, preset)
     click.echo(json.dumps(d, indent=2) if as_json else format_info(d))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,65 +7,17 @@ Exported graphs name them ``past.{layer}.{name}`` in and ``present.{layer}.{name
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
 from .config import xLSTMConfig
+from .state_spec import StateTensorSpec, state_bytes, state_spec
 
 LayerState = dict[str, Tensor]
 State = list[LayerState]
 
-
-@dataclass(frozen=True)
-class StateTensorSpec:
-    """One state tensor: its name, shape without the batch dim, dtype and layer."""
-
-    layer: int
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    @property
-    def input_name(self) -> str:
-        return f"past.{self.layer}.{self.name}"
-
-    @property
-    def output_name(self) -> str:
-        return f"present.{self.layer}.{self.name}"
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
-
-
-def state_spec(config: xLSTMConfig) -> list[StateTensorSpec]:
-    """Every state tensor of the model, in a fixed order (layer, then name)."""
-    c = config
-    specs: list[StateTensorSpec] = []
-    for layer, kind in enumerate(c.block_types()):
-        if kind == "m":
-            NH, DQK, DV = c.num_heads, c.qk_head_dim, c.v_head_dim
-            specs += [
-                StateTensorSpec(layer, "C", (NH, DQK, DV)),
-                StateTensorSpec(layer, "n", (NH, DQK)),
-                StateTensorSpec(layer, "m", (NH,)),
-            ]
-        else:
-            NH, DH = c.slstm_num_heads, c.slstm_head_dim
-            specs += [StateTensorSpec(layer, name, (NH, DH)) for name in ("y", "c", "n", "m")]
-            if c.slstm_conv_kernel_size > 0:
-                specs.append(StateTensorSpec(layer, "conv", (c.slstm_conv_kernel_size - 1, c.hidden_size)))
-    return specs
-
-
-def state_bytes(config: xLSTMConfig, batch_size: int = 1) -> int:
-    """Bytes of the float32 state for ``batch_size`` sequences (independent of context length)."""
-    return 4 * batch_size * sum(s.numel for s in state_spec(config))
+__all__ = ["LayerState", "State", "StateTensorSpec", "flatten_state", "init_state", "state_bytes", "state_spec",
+           "unflatten_state"]
 
 
 def init_state(config: xLSTMConfig, batch_size: int = 1, device=None, dtype=torch.float32) -> State:

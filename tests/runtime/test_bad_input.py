@@ -123,6 +123,26 @@ def test_state_file_with_wrong_shapes(sess, tmp_path):
     _raises(StateMismatchError, lambda: sess.load_state(path), "past.0.C")
 
 
+def test_state_file_with_a_torch_sampler_state_is_refused_in_one_line(sess, tmp_path):
+    """State files written before the runtime drew with numpy's PCG64 hold torch's generator state
+    (uint8, no ``rng_kind``): refused, since its draws cannot be continued."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    sess.reset()
+    sess.generate_ids([5, 6], 3, temperature=0.9, seed=1)
+    path = sess.save_state(tmp_path / "s.safetensors")
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = fh.metadata()
+    assert meta["rng_kind"] == "numpy-pcg64"
+    flat = load_file(str(path))
+    flat["xlstm_edge.rng"] = np.zeros(5056, dtype=np.uint8)  # torch.Generator().get_state()'s size
+    del meta["rng_kind"]
+    save_file(flat, str(path), metadata=meta)
+    _raises(StateMismatchError, lambda: sess.load_state(path), "torch sampler state", "start the conversation again")
+
+
 def test_token_ids_out_of_range(sess):
     sess.reset()
     v = sess.vocab_size

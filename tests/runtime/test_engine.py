@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 
 import pytest
-import torch
 from xlstm_edge.runtime import SamplingConfig, load
 from xlstm_edge.runtime.engine import DoneEvent, Engine, ErrorEvent, GenerationRequest
 
@@ -45,7 +44,7 @@ def test_batched_rows_end_in_their_own_states(packages, backend, seed):
         ref.prefill(ids[:-1])  # teacher-forced: the row's own tokens, alone
         want = ref.get_state()
         for a, b in zip(ev.state.tensors, want.tensors, strict=True):
-            if b.abs().max() > 0:
+            if abs(b).max() > 0:
                 assert rel_err(a, b) < 1e-4, (backend, seed)
         assert int(ev.state.pending[0]) == ids[-1]
-        assert torch.equal(ev.state.num_tokens, torch.tensor([len(ids) - 1]))
+        assert ev.state.num_tokens.tolist() == [len(ids) - 1]
