@@ -172,8 +172,8 @@ def test_state_kernels_tile_independent(seed, chunk_size):
     for tiles in ((128, 128), (32, 32)):
         cfg = ChunkwiseConfig(block_k_states=tiles[0], block_v_states=tiles[1])
         Cs, ns, ms, Cf, nf = chunk_states_fwd(k, v, lf, ig, None, L, cfg)
-        dCs, dns, dC0, dn0, shares = chunk_states_bwd(q, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, None, L, cfg)
-        outs[tiles] = dict(Cs=Cs, ns=ns, ms=ms, Cf=Cf, dCs=dCs, dns=dns, dC0=dC0, shares=shares)
+        dCs, dns, dC0, dn0 = chunk_states_bwd(q, dh, lf, ig, m_pos, norm, dden, ms, None, L, cfg)
+        outs[tiles] = dict(Cs=Cs, ns=ns, ms=ms, Cf=Cf, dCs=dCs, dns=dns, dC0=dC0)
     a, b = outs[(128, 128)], outs[(32, 32)]
     errs = {name: rel_err(a[name], b[name]) for name in a}
     bad = _report(f"state tiles 128x128 vs 32x32, L={L}", errs, 1e-2)
