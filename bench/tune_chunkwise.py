@@ -42,6 +42,7 @@ from xlstm_edge.kernels.mlstm_chunkwise.forward import (
 
 L = 64
 TOL = 1e-2
+KINDS = ("states", "output", "states_bwd", "bwd")
 
 
 # Per kernel, (block_k, block_v, warps, stages) to try: the launch of issue 16's first tuning and its
@@ -165,6 +166,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12)
     ap.add_argument("--budget", type=float, default=420.0, help="seconds for the timing phase")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--top", type=int, default=0, help="only the first N candidates of each kernel (0: all)")
     ap.add_argument("--compile-only", action="store_true", help="fill Triton's cache, then exit")
     ap.add_argument("--skip-compile", action="store_true", help="the cache is warm (an earlier --compile-only)")
     args = ap.parse_args()
@@ -173,7 +175,7 @@ def main() -> None:
     kinds = args.kinds.split(",")
     cands = {k: v for k, v in candidates(DQK, DV).items() if k in kinds}
     t0 = time.time()
-    cands = {k: [config_for(k, *c) for c in v] for k, v in cands.items()}
+    cands = {k: [config_for(k, *c) for c in v[: args.top or None]] for k, v in cands.items()}
     jobs = [(kind, cfg) for kind in kinds for cfg in cands[kind]]
     slices = [jobs[j :: args.workers] for j in range(args.workers)]
     errs_file = Path("/tmp/tune_chunkwise_compile_errors.json")
@@ -239,9 +241,13 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("bench_kernels", Path(__file__).with_name("kernels.py"))
     bk = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bk)
+    # every kernel's own fields set from its resolved launch (the forward per-chunk kernel's depth is
+    # the global num_stages: left as a fallback it would reach kernels whose winner was the default)
+    la = {kind: launch_of(kind, best.get(kind, ChunkwiseConfig()), BH, DQK, DV, dtype) for kind in KINDS}
     combined = ChunkwiseConfig()
-    for cfg in best.values():
-        combined = merge(combined, cfg)
+    for kind in KINDS:
+        combined = merge(combined, config_for(kind, la[kind].block_k, la[kind].block_v, la[kind].num_warps,
+                                              la[kind].num_stages))  # fmt: skip
     summary = {"shape": args.shape, "dtype": args.dtype, "device": torch.cuda.get_device_name(),
                "combined": asdict(combined), "end_to_end": {}}  # fmt: skip
     bk.TOKENS = B * S
@@ -259,9 +265,8 @@ def main() -> None:
     won = e2e["combined"]["fwdbwd_ms"] < e2e["default"]["fwdbwd_ms"]
     tuned = {}
     if won and e2e["combined"]["float64_err"] <= TOL:
-        for kind, cfg in best.items():
-            la = launch_of(kind, cfg, BH, DQK, DV, dtype)
-            tuned[kind] = [la.block_k, la.block_v, la.num_warps, la.num_stages]
+        for kind in KINDS:
+            tuned[kind] = [la[kind].block_k, la[kind].block_v, la[kind].num_warps, la[kind].num_stages]
     summary["tuned_launch_16bit"] = tuned
     print("TUNED", json.dumps(tuned))
     if args.out:
