@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
-from xlstm_edge.kernels.mlstm_chunkwise.forward import pick_state_launch
+from xlstm_edge.kernels.mlstm_chunkwise.forward import state_launch
 from xlstm_edge.kernels.mlstm_recurrent import mlstm_step_triton
 from xlstm_edge.kernels.slstm import slstm_scan_triton
 
@@ -111,8 +111,12 @@ def check_config(NH, DQK, DV, S, L, cfg: ChunkwiseConfig) -> float:
     """Max rel. error (h and the grads of q, k, v, i, f) of the configuration as it runs at sequence
     length S (state tiles pinned to what the automatic choice takes at B = 65536 / S), on bfloat16
     inputs (B 1, an odd length) against the float64 PyTorch chunkwise form."""
-    bk, bv, warps = pick_state_launch((TOKENS // S) * NH, DQK, DV, cfg, torch.device(DEV), L, 2)
-    pinned = replace(cfg, block_k_states=bk, block_v_states=bv, num_warps_states=warps)
+    bh, dev = (TOKENS // S) * NH, torch.device(DEV)
+    fw = state_launch(bh, DQK, DV, cfg, dev, L, 2)
+    bw = state_launch(bh, DQK, DV, cfg, dev, L, 2, backward=True)
+    pinned = replace(cfg, block_k_states=fw.block_k, block_v_states=fw.block_v, num_warps_states=fw.num_warps,
+                     block_k_states_bwd=bw.block_k, block_v_states_bwd=bw.block_v,
+                     num_warps_states_bwd=bw.num_warps)  # fmt: skip
     Sc = 2 * L + 37
     leaves = [t[:1, :, :Sc].detach().requires_grad_() for t in mlstm_inputs(NH, Sc, DQK, DV, False)]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
@@ -174,8 +178,10 @@ def guarded(fn, *args):
 # than 2 at 7B heads. L=128 ran up to 12% faster at 7B heads but gave intermittently wrong results,
 # so the op refuses it on CUDA (function.MAX_CUDA_CHUNK). H200, 2026-12-04: num_stages=3 with a
 # one-tile DQK or DV (e.g. 128/128 heads with block_v=128) is refused too (function._check_pipelining);
-# the sweep records the refusal as that candidate's error and goes on.
+# the sweep records the refusal as that candidate's error and goes on. Issue 16: the per-kernel sweep
+# (bench/tune_chunkwise.py) chose the 16-bit defaults; the first candidate runs them.
 CANDIDATES = [
+    (64, ChunkwiseConfig()),  # the launch written in the code for q's dtype (forward.LAUNCH_DEFAULTS)
     (64, ChunkwiseConfig(block_v=128)),
     (64, ChunkwiseConfig(block_v=128, num_stages=3)),
     (64, ChunkwiseConfig(num_stages=3)),
@@ -399,7 +405,7 @@ def main() -> None:
                 DQK,
                 DV,
                 S,
-                note=err or f"L={L} bv{cfg.block_v or 'auto'} stages{cfg.num_stages}",
+                note=err or f"L={L} bv{cfg.block_v or 'auto'} stages{cfg.num_stages or 'auto'}",
             )
             if res:
                 row.fwd_ms, row.fwdbwd_ms = res

@@ -13,7 +13,8 @@ Shapes as in forward.py (BH = B * NH, NC chunks of L). The gradient splits in tw
 
 Level 1 (`_bwd_states_kernel`): one program per (DQK tile, DV tile, BH) walks the chunks backwards
 and writes dC / dn at the end of every chunk; its last value is the initial state's gradient.
-Level 2 (`_bwd_inputs_kernel`): one program per (chunk, BH) computes dq, dk, dv of the chunk.
+Level 2 (`_bwd_inputs_kernel`): one program per (chunk, BH) computes dq, dk, dv of the chunk and the
+per-position and per-chunk sums that the forget-gate gradient is made of.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..common import dot_precision, pick_block
-from .forward import ChunkwiseConfig, pick_blocks, pick_state_launch
+from .forward import ChunkwiseConfig, bwd_launch, state_launch
 
 
 @triton.jit
@@ -49,9 +50,9 @@ def _bwd_delta_kernel(
 
 @triton.jit
 def _bwd_states_kernel(
-    q_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr, ms_ptr, Cs_ptr, ns_ptr,
+    q_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr, ms_ptr,
     dCf_ptr, dnf_ptr,
-    dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr, share_ptr,
+    dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr,
     S, NC, scale,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr,
@@ -69,7 +70,6 @@ def _bwd_states_kernel(
     else:
         dC = tl.zeros((BK, BV), dtype=tl.float32)
         dn = tl.zeros((BK,), dtype=tl.float32)
-    tile = pk * tl.num_programs(1) + pv
     for cc in range(NC):
         c = NC - 1 - cc
         # the gradient of the state at the end of chunk c
@@ -91,13 +91,6 @@ def _bwd_states_kernel(
         dht = tl.load(dh_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         qa = qt.to(tl.float32) * alpha[:, None]
         decay = tl.exp(g + m_k - m_next)
-        # this tile's part of the chunk-start state's terms that reach past the chunk's end:
-        # decay * (<C_k, dC_end> + n_k . dn_end), C_k's share of every forget-gate gradient in chunk c
-        C_k = tl.load(Cs_ptr + (bh * NC + c) * DQK * DV + c_tile).to(tl.float32)
-        share = tl.sum(tl.sum(C_k * dC, axis=1), axis=0)
-        if pv == 0:
-            share += tl.sum(tl.load(ns_ptr + (bh * NC + c) * DQK + offs_k) * dn, axis=0)
-        tl.store(share_ptr + (tile * tl.num_programs(2) + bh) * NC + c, decay * share)
         # 1/norm goes with q (one rounding to q's dtype), so dh enters the product as given
         qan = (qa / norm[:, None]).to(qt.dtype)
         upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
@@ -121,7 +114,7 @@ def _decay_matrix(b, ig, m_pos, offs_t):
 def _bwd_inputs_kernel(
     q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr,
     Cs_ptr, ns_ptr, ms_ptr, dCs_ptr, dns_ptr,
-    dq_ptr, dk_ptr, dv_ptr, kdk_ptr, cross_ptr, qa_ptr, ke_ptr,
+    dq_ptr, dk_ptr, dv_ptr, kdk_ptr, cross_ptr, qa_ptr, ke_ptr, share_ptr,
     S, NC, scale, NK, NV,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     DOT_PREC: tl.constexpr,
@@ -149,6 +142,7 @@ def _bwd_inputs_kernel(
 
     alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
     beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
+    decay = tl.exp(g + m_k - m_next)  # weight of C_k in the state at the chunk's end
 
     # phase 1: dP = dnum v^T + dden (reduced over DV), masked by the decay matrix. dnum = dh / norm:
     # the products take dh as given and divide in float32 after (no rounding of dnum to q's dtype)
@@ -161,33 +155,37 @@ def _bwd_inputs_kernel(
     dp = dp / norm[:, None]
     wdp = (_decay_matrix(b, ig, m_pos, offs_t) * (dp + dden[:, None])).to(dtype)  # d scores^ (up to scale)
 
-    # phase 2: dq and dk, one DQK tile at a time; one accumulator pair live at once. kdk = k.dk (d i);
-    # qa_t = q_t . (C_k's part of dq_t), ke_j = k_j . (dC_end's part of dk_j): forget-gate terms
+    # phase 2: dq and dk, one DQK tile at a time, both from one pass over the (C_k, dC_end) tiles.
+    # kdk = k.dk (d i); qa_t = q_t . (C_k's part of dq_t), ke_j = k_j . (dC_end's part of dk_j):
+    # forget-gate terms; share = decay (<C_k, dC_end> + n_k . dn_end): the chunk-start state's terms
+    # that reach past the chunk's end, a part of every forget-gate gradient in the chunk (summed here
+    # from the tiles this pass loads anyway, not in the state kernel, which would read C_k again)
     kdk = tl.zeros((L,), dtype=tl.float32)
     qa = tl.zeros((L,), dtype=tl.float32)
     ke = tl.zeros((L,), dtype=tl.float32)
+    share = tl.zeros((BK,), dtype=tl.float32)
     for kt in range(n_kt):
         offs_k = kt * BK + tl.arange(0, BK)
         qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         dq_inter = tl.zeros((L, BK), dtype=tl.float32)  # dh C_k^T (dnum C_k^T times norm)
+        dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
         for vt in range(n_vt):
             offs_v = vt * BV + tl.arange(0, BV)
             dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
             ct = tl.load(Cs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
             dq_inter += tl.dot(dht, tl.trans(ct), input_precision=DOT_PREC)
+            vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+            dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
+            dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
+            share += tl.sum(ct.to(tl.float32) * dct.to(tl.float32), axis=1)
         nk = tl.load(ns_ptr + state_base + offs_k)
         dq_x = alpha[:, None] * (dq_inter / norm[:, None] + dden[:, None] * nk[None, :]) * scale
         qa += tl.sum(qt.to(tl.float32) * dq_x, axis=1)
         dq = tl.dot(wdp, kk, input_precision=DOT_PREC) * scale + dq_x
         tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_t[:, None])
-        dk_inter = tl.zeros((L, BK), dtype=tl.float32)  # v dC_{k+1}^T
-        for vt in range(n_vt):
-            offs_v = vt * BV + tl.arange(0, BV)
-            vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-            dct = tl.load(dCs_ptr + (state_base + offs_k[:, None]) * DV + offs_v[None, :])
-            dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
         dnk = tl.load(dns_ptr + state_base + offs_k)
+        share += nk * dnk
         dk_x = beta[:, None] * (dk_inter + dnk[None, :])
         ke += tl.sum(kk.to(tl.float32) * dk_x, axis=1)
         dk = tl.dot(tl.trans(wdp), qt, input_precision=DOT_PREC) * scale + dk_x
@@ -196,6 +194,7 @@ def _bwd_inputs_kernel(
     tl.store(kdk_ptr + bh * S + t, kdk, mask=mask_t)
     tl.store(qa_ptr + bh * S + t, qa, mask=mask_t)
     tl.store(ke_ptr + bh * S + t, ke, mask=mask_t)
+    tl.store(share_ptr + bh * NC + c, decay * tl.sum(share, axis=0))
 
     # phase 3: scores q^ k^T (reduced over DQK), masked by the decay matrix
     scores = tl.zeros((L, L), dtype=tl.float32)
@@ -248,55 +247,57 @@ def output_grad_terms(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: fl
 
 def chunk_states_bwd(
     q: Tensor, dh: Tensor, lf: Tensor, ig: Tensor, m_pos: Tensor, norm: Tensor, dden: Tensor, ms: Tensor,
-    Cs: Tensor, ns: Tensor, dfinal: tuple[Tensor, Tensor] | None, chunk_size: int, config: ChunkwiseConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Level 1 backward. Cs, ns: the chunk-start states of the forward pass.
+    dfinal: tuple[Tensor, Tensor] | None, chunk_size: int, config: ChunkwiseConfig,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Level 1 backward. ms: the chunk-start stabilizers of the forward pass (BH, NC + 1).
 
     Returns dCs (BH,NC,DQK,DV) in q's dtype and dns (BH,NC,DQK): gradients of the state at the end of
-    every chunk; dC0 (BH,DQK,DV), dn0 (BH,DQK) float32; and shares (BH,NC) float32: decay_c (<C_c,
-    dC_c+1> + n_c.dn_c+1), the terms from the chunk-start state c that reach past chunk c's end (with
-    the final state's gradient for the last chunk), a part of every forget-gate gradient in chunk c."""
+    every chunk (the final state's gradient for the last chunk); dC0 (BH,DQK,DV), dn0 (BH,DQK) float32."""
     BH, S, DQK = q.shape
     DV = dh.shape[-1]
     NC = ms.shape[1] - 1
-    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, q.device, chunk_size, q.element_size())
+    launch = state_launch(BH, DQK, DV, config, q.device, chunk_size, q.element_size(), backward=True)
+    BK, BV = launch.block_k, launch.block_v
     dev = q.device
     dCs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=q.dtype)
     dns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
     dC0 = torch.empty(BH, DQK, DV, device=dev, dtype=torch.float32)
     dn0 = torch.empty(BH, DQK, device=dev, dtype=torch.float32)
     dCf, dnf = dfinal if dfinal is not None else (dC0, dn0)  # unused pointers when HAS_DFINAL is off
-    tiles = (DQK // BK) * (DV // BV)
-    share_parts = torch.empty(tiles, BH, NC, device=dev, dtype=torch.float32)
     _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
-        q, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, dCf, dnf, dCs, dns, dC0, dn0, share_parts, S, NC, DQK**-0.5,
+        q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
-        DOT_PREC=dot_precision(q.dtype), num_warps=warps, num_stages=config.num_stages,
+        DOT_PREC=dot_precision(q.dtype), num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    return dCs, dns, dC0, dn0, share_parts.sum(0)
+    return dCs, dns, dC0, dn0
 
 
 def chunk_inputs_bwd(
     q: Tensor, k: Tensor, v: Tensor, dh: Tensor, lf: Tensor, ig: Tensor, m_pos: Tensor, norm: Tensor,
     dden: Tensor, Cs: Tensor, ns: Tensor, ms: Tensor, dCs: Tensor, dns: Tensor,
     chunk_size: int, config: ChunkwiseConfig,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, ...]:  # fmt: skip
     """Level 2 backward. Returns dq, dk (BH,S,DQK), dv (BH,S,DV) in q's dtype, and (BH,S) float32: k.dk,
     cross (the chunk's own pairs (t, j) with j < l <= t, summed per l), qa_t (q_t . the chunk-start
-    state's part of dq_t) and ke_j (k_j . the chunk-end state gradient's part of dk_j)."""
+    state's part of dq_t) and ke_j (k_j . the chunk-end state gradient's part of dk_j); and shares
+    (BH,NC) float32: decay_c (<C_c, dC_c+1> + n_c.dn_c+1), the terms from the chunk-start state c that
+    reach past chunk c's end (with the final state's gradient for the last chunk), a part of every
+    forget-gate gradient in chunk c."""
     BH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = Cs.shape[1]
-    BK, BV = pick_blocks(DQK, DV, config)
+    launch = bwd_launch(DQK, DV, config, q.dtype)
+    BK, BV = launch.block_k, launch.block_v
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     kdk, cross, qa, ke = (torch.empty(BH, S, device=q.device, dtype=torch.float32) for _ in range(4))
+    shares = torch.empty(BH, NC, device=q.device, dtype=torch.float32)
     _bwd_inputs_kernel[(NC, BH)](
-        q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, kdk, cross, qa, ke,
+        q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, kdk, cross, qa, ke, shares,
         S, NC, DQK**-0.5, DQK // BK, DV // BV,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
-    return dq, dk, dv, kdk, cross, qa, ke
+    return dq, dk, dv, kdk, cross, qa, ke, shares
 
 
 def gate_grads(
@@ -306,7 +307,7 @@ def gate_grads(
     """Gradients of the gate pre-activations from the kernels' sums and the stabilizer path.
 
     lf, ig, m_pos, kdk, cross, qa, ke, dm_pos: (BH, S) float32 (``chunk_inputs_bwd``'s sums); m0 (BH,)
-    the initial stabilizer; chunk_shares (BH, NC) from ``chunk_states_bwd``; final_share (BH,) =
+    the initial stabilizer; chunk_shares (BH, NC) from ``chunk_inputs_bwd``; final_share (BH,) =
     <C_S, dC_S> + n_S.dn_S (None without final-state gradients); dm_final (BH,) the incoming gradient of
     the final m (or None). Returns d logf (BH,S), d i (BH,S), d m0 (BH,): the last one only the
     stabilizer-path share (the caller adds <C0, dC0> + n0.dn0).

@@ -15,6 +15,8 @@ the causal L x L part plus the inter-chunk part q C_k, normalised.
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 
 import torch
@@ -27,23 +29,28 @@ from ..common import dot_precision, pick_block
 
 @dataclass(frozen=True)
 class ChunkwiseConfig:
-    """Tile sizes and launch settings (the chunk size itself is an argument of the op).
+    """Tile sizes and launch settings of the four kernels (the chunk size itself is an argument of the
+    op). 0 everywhere means "the default for q's dtype" (LAUNCH_DEFAULTS); a field set here wins.
 
-    block_k / block_v: DQK / DV tiles of the per-chunk kernels (0 = the largest of 64, 32, 16 that
-    divides the dim). block_k_states / block_v_states: tiles of the sequential state kernels (0 =
-    start at 128 x 128 and halve the larger, down to 32, while there are fewer programs than 3/4 of
-    the multiprocessors: long sequences at small batch otherwise leave most of the GPU idle in the
-    state pass; larger tiles re-read k and v fewer times. On an H100 at 65k tokens, S 8k: 7B heads,
-    128 x 128 took the state kernels from 4.4 + 2.6 ms (64 x 128) to 2.8 + 2.0 ms; 16 heads of
-    128/128, 128 programs of 128 x 128 beat 512 of 64 x 64, 1.1 + 0.6 ms against 1.4 + 0.9 ms).
-    num_warps_states: warps of the state kernels (0 = 8 for 64 x 128 tiles and up, else 4);
-    num_warps_output: warps of the per-chunk kernels (0 = 8: they hold L x L float32 tiles; with 4
-    the backward one spills at DQK 256 / DV 512 / L 64, as compiling for sm_90 shows).
-    num_stages: software pipelining depth of every kernel's loops. 3 ran 7-11% faster at 7B heads
-    (H100, H200) but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h off by 15%) and ran
-    out of shared memory in float32, and with a one-tile DQK or DV (a loop over a run-time count, see
-    _fwd_output_kernel) gave wrong results at 64/64 heads: the op refuses that on CUDA.
-    bench/kernels.py checks every configuration it times.
+    block_k / block_v: DQK / DV tiles of the forward per-chunk kernel (0 = the dtype's default, else
+    the largest of 64, 32, 16 that divides the dim); block_k_bwd / block_v_bwd: the same for the
+    backward per-chunk kernel. block_k_states / block_v_states: tiles of the sequential state kernels
+    (forward, and backward unless block_k_states_bwd / block_v_states_bwd are set; 0 = start at 128 x 128 and halve the larger, down to 32, while there are
+    fewer programs than 3/4 of the multiprocessors: long sequences at small batch otherwise leave most
+    of the GPU idle in the state pass; larger tiles re-read k and v fewer times. On an H100 at 65k
+    tokens, S 8k: 7B heads, 128 x 128 took the state kernels from 4.4 + 2.6 ms (64 x 128) to 2.8 + 2.0
+    ms; 16 heads of 128/128, 128 programs of 128 x 128 beat 512 of 64 x 64, 1.1 + 0.6 ms against 1.4 +
+    0.9 ms). num_warps_states / num_warps_states_bwd: warps of the forward / backward state kernel
+    (0 = the dtype's default, else 8 for 64 x 128 tiles and up, 4 below); num_warps_output /
+    num_warps_bwd: warps of the forward / backward per-chunk kernel (0 = the dtype's default; with 4
+    the float32-era backward kernel spilled at DQK 256 / DV 512 / L 64).
+    num_stages: software pipelining depth of every kernel whose own field (num_stages_bwd,
+    num_stages_states, num_stages_states_bwd) is 0; 0 = the dtype's default per kernel. 3 ran 7-11%
+    faster at 7B heads (H100, H200) but, with Triton 3.6 at L = 128, gave wrong bfloat16 outputs (h
+    off by 15%) and ran out of shared memory in float32, and with a one-tile DQK or DV (a loop over a
+    run-time count, see _fwd_output_kernel) gave wrong results at 64/64 heads: the op refuses a
+    per-chunk depth above 2 set here for such dims on CUDA, and a dtype default above 2 is lowered to 2
+    there. bench/kernels.py and bench/tune_chunkwise.py check every configuration they time.
     """
 
     block_k: int = 0
@@ -52,10 +59,66 @@ class ChunkwiseConfig:
     block_v_states: int = 0
     num_warps_states: int = 0
     num_warps_output: int = 0
-    num_stages: int = 2
+    num_stages: int = 0
+    block_k_bwd: int = 0
+    block_v_bwd: int = 0
+    num_warps_bwd: int = 0
+    num_stages_bwd: int = 0
+    num_stages_states: int = 0
+    num_warps_states_bwd: int = 0
+    num_stages_states_bwd: int = 0
+    block_k_states_bwd: int = 0
+    block_v_states_bwd: int = 0
 
-    def output_warps(self, chunk_size: int) -> int:
-        return self.num_warps_output or 8
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel's resolved launch: tiles (0 for the state kernels: picked by pick_state_launch),
+    warps (0: by tile size), pipelining depth."""
+
+    block_k: int
+    block_v: int
+    num_warps: int
+    num_stages: int
+
+
+# What ChunkwiseConfig's zeros resolve to, per kernel, by q's dtype: (block_k, block_v, warps, stages).
+# float32 keeps the launch verified since issue 3 (64-wide tiles, 8 warps, 2 stages everywhere): a
+# launch tuned for bfloat16 needs twice the shared memory per stage in float32 (one such launch asked
+# for 304 KB and the float32 tests failed with it, di off by 1.1e-5), so 16-bit tuning never reaches
+# float32. "16bit": bfloat16 and float16: the earlier sweeps' fastest launch (128-wide DV tiles in the
+# per-chunk kernels, 3 stages everywhere; depth 2 where DQK or DV is one tile). H100, 2026-12-07, 7B
+# heads, S 8192, 65k tokens, fwd+bwd: 13.29 ms against 18.71 with the float32 launch (old kernels,
+# same machine); every GPU test passed with it (bench/results/kernels.md).
+LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
+    "float32": {
+        "output": Launch(0, 0, 8, 2),
+        "bwd": Launch(0, 0, 8, 2),
+        "states": Launch(0, 0, 0, 2),
+        "states_bwd": Launch(0, 0, 0, 2),
+    },
+    "16bit": {
+        "output": Launch(64, 128, 8, 3),
+        "bwd": Launch(64, 128, 8, 3),
+        "states": Launch(128, 128, 8, 3),
+        "states_bwd": Launch(128, 128, 8, 3),
+    },
+}
+
+
+# A tuning hook, read once at import: XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT='{"bwd": [64, 128, 8, 3], ...}'
+# replaces 16-bit entries of LAUNCH_DEFAULTS (bench/gpu_tune.sh runs the GPU tests and memcheck with a
+# sweep's result this way, in the same call, before the result is written in above). float32 never.
+_LAUNCH_OVERRIDE = os.environ.get("XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT", "")
+if _LAUNCH_OVERRIDE:
+    LAUNCH_DEFAULTS["16bit"] = {
+        **LAUNCH_DEFAULTS["16bit"],
+        **{kind: Launch(*map(int, v)) for kind, v in json.loads(_LAUNCH_OVERRIDE).items()},
+    }
+
+
+def _defaults(dtype: torch.dtype) -> dict[str, Launch]:
+    return LAUNCH_DEFAULTS["float32" if dtype == torch.float32 else "16bit"]
 
 
 def _multiprocessors(device: torch.device) -> int:
@@ -64,13 +127,44 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def pick_blocks(dqk: int, dv: int, config: ChunkwiseConfig) -> tuple[int, int]:
-    """(BK, BV) of the per-chunk kernels: configured, or the largest of 64/32/16 dividing DQK / DV."""
-    bk = config.block_k or pick_block(dqk)
-    bv = config.block_v or pick_block(dv)
+def _chunk_launch(
+    kind: str, dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype
+) -> tuple[Launch, bool]:
+    """(launch, stages_set) of a per-chunk kernel ("output" or "bwd"); stages_set: the depth came from
+    the config (refused above 2 on CUDA for one-tile dims) rather than from the dtype's default
+    (lowered to 2 there)."""
+    d = _defaults(dtype)[kind]
+    if kind == "output":
+        bk, bv, warps, stages = config.block_k, config.block_v, config.num_warps_output, config.num_stages
+    else:
+        bk = config.block_k_bwd or config.block_k
+        bv = config.block_v_bwd or config.block_v
+        warps = config.num_warps_bwd or config.num_warps_output
+        stages = config.num_stages_bwd or config.num_stages
+    bk = bk or (d.block_k if d.block_k and dqk % d.block_k == 0 else pick_block(dqk))
+    bv = bv or (d.block_v if d.block_v and dv % d.block_v == 0 else pick_block(dv))
     if dqk % bk or dv % bv:
         raise ValueError(f"tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
-    return bk, bv
+    stages_set = bool(stages)
+    if not stages:
+        stages = d.num_stages if (bk < dqk and bv < dv) else min(d.num_stages, 2)
+    return Launch(bk, bv, warps or d.num_warps, stages), stages_set
+
+
+def output_launch(dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype) -> Launch:
+    """Launch of the forward per-chunk kernel."""
+    return _chunk_launch("output", dqk, dv, config, dtype)[0]
+
+
+def bwd_launch(dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype) -> Launch:
+    """Launch of the backward per-chunk kernel."""
+    return _chunk_launch("bwd", dqk, dv, config, dtype)[0]
+
+
+def pick_blocks(dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype = torch.float32) -> tuple[int, int]:
+    """(BK, BV) of the forward per-chunk kernel."""
+    launch = output_launch(dqk, dv, config, dtype)
+    return launch.block_k, launch.block_v
 
 
 # shared-memory budget of one state-kernel program's pipelined k / v chunk tiles (the H100 has 227 KB
@@ -80,20 +174,39 @@ STATE_SMEM_BUDGET = 200 * 1024
 
 def pick_state_launch(
     bh: int, dqk: int, dv: int, config: ChunkwiseConfig, device: torch.device,
-    chunk_size: int = 64, elem_bytes: int = 2,
+    chunk_size: int = 64, elem_bytes: int = 2, backward: bool = False,
 ) -> tuple[int, int, int]:  # fmt: skip
     """(BK, BV, num_warps) of the state kernels, whose grid is (DQK/BK, DV/BV, B*NH)."""
-    bk = config.block_k_states or pick_block(dqk, 128)
-    bv = config.block_v_states or pick_block(dv, 128)
-    if not (config.block_k_states and config.block_v_states):
+    launch = state_launch(bh, dqk, dv, config, device, chunk_size, elem_bytes, backward)
+    return launch.block_k, launch.block_v, launch.num_warps
+
+
+def state_launch(
+    bh: int, dqk: int, dv: int, config: ChunkwiseConfig, device: torch.device,
+    chunk_size: int = 64, elem_bytes: int = 2, backward: bool = False,
+) -> Launch:  # fmt: skip
+    """Launch of the forward (or backward) state kernel; elem_bytes: q's element size (4: float32)."""
+    d = _defaults(torch.float32 if elem_bytes == 4 else torch.bfloat16)["states_bwd" if backward else "states"]
+    if backward:
+        stages = config.num_stages_states_bwd or config.num_stages or d.num_stages
+        warps = config.num_warps_states_bwd or config.num_warps_states or d.num_warps
+    else:
+        stages = config.num_stages_states or config.num_stages or d.num_stages
+        warps = config.num_warps_states or d.num_warps
+    set_k, set_v = config.block_k_states, config.block_v_states
+    if backward:
+        set_k, set_v = config.block_k_states_bwd or set_k, config.block_v_states_bwd or set_v
+    bk = set_k or pick_block(dqk, d.block_k or 128)
+    bv = set_v or pick_block(dv, d.block_v or 128)
+    if not (set_k and set_v):
 
         def smem(bk: int, bv: int) -> int:
-            return chunk_size * (bk + bv) * elem_bytes * max(config.num_stages, 1)
+            return chunk_size * (bk + bv) * elem_bytes * max(stages, 1)
 
         target = 3 * _multiprocessors(device) // 4
         while bh * (dqk // bk) * (dv // bv) < target or smem(bk, bv) > STATE_SMEM_BUDGET:
-            can_v = not config.block_v_states and bv > 32
-            can_k = not config.block_k_states and bk > 32
+            can_v = not set_v and bv > 32
+            can_k = not set_k and bk > 32
             if can_v and (bv >= bk or not can_k):
                 bv //= 2
             elif can_k:
@@ -102,8 +215,8 @@ def pick_state_launch(
                 break
     if dqk % bk or dv % bv:
         raise ValueError(f"state tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
-    warps = config.num_warps_states or (8 if bk * bv >= 64 * 128 else 4)
-    return bk, bv, warps
+    warps = warps or (8 if bk * bv >= 64 * 128 else 4)
+    return Launch(bk, bv, warps, stages)
 
 
 @triton.jit
@@ -258,7 +371,8 @@ def chunk_states_fwd(
     BH, S, DQK = k.shape
     DV = v.shape[-1]
     NC = triton.cdiv(S, chunk_size)
-    BK, BV, warps = pick_state_launch(BH, DQK, DV, config, k.device, chunk_size, k.element_size())
+    launch = state_launch(BH, DQK, DV, config, k.device, chunk_size, k.element_size())
+    BK, BV = launch.block_k, launch.block_v
     dev = k.device
     Cs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=k.dtype)
     ns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
@@ -270,7 +384,7 @@ def chunk_states_fwd(
     _fwd_states_kernel[grid](
         k, v, lf, ig, C0, n0, m0, Cs, ns, ms, Cf, nf, S, NC,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INIT=init is not None,
-        DOT_PREC=dot_precision(k.dtype), num_warps=warps, num_stages=config.num_stages,
+        DOT_PREC=dot_precision(k.dtype), num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     return Cs, ns, ms, Cf, nf
 
@@ -283,13 +397,14 @@ def chunk_output_fwd(
     BH, S, DQK = q.shape
     DV = v.shape[-1]
     NC = Cs.shape[1]
-    BK, BV = pick_blocks(DQK, DV, config)
+    launch = output_launch(DQK, DV, config, q.dtype)
+    BK, BV = launch.block_k, launch.block_v
     h = torch.empty(BH, S, DV, device=q.device, dtype=q.dtype)
     m_pos = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     den = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     _fwd_output_kernel[(NC, BH)](
         q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps, DQK // BK, DV // BV,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=config.output_warps(chunk_size), num_stages=config.num_stages,
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
     )  # fmt: skip
     return h, m_pos, den

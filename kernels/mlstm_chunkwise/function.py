@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..common import KERNEL_DTYPES, check_float, check_shape, check_triton_device, is_pow2
 from .backward import chunk_inputs_bwd, chunk_states_bwd, gate_grads, output_grad_terms
-from .forward import ChunkwiseConfig, chunk_output_fwd, chunk_states_fwd, pick_blocks
+from .forward import ChunkwiseConfig, _chunk_launch, chunk_output_fwd, chunk_states_fwd
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # (C, n, m)
 # Largest chunk on CUDA. L = 128 (L x L float32 tiles in the per-chunk kernels) compiled on an H100
@@ -87,10 +87,8 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
 
         norm, dden, dm_pos = output_grad_terms(h, dh, m_pos, den, eps)
         Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)  # recompute
-        dCs, dns, dC0, dn0, chunk_shares = chunk_states_bwd(
-            qf, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, dfinal, L, cfg
-        )
-        dq, dk, dv, kdk, cross, qa, ke = chunk_inputs_bwd(
+        dCs, dns, dC0, dn0 = chunk_states_bwd(qf, dh, lf, ig, m_pos, norm, dden, ms, dfinal, L, cfg)
+        dq, dk, dv, kdk, cross, qa, ke, chunk_shares = chunk_inputs_bwd(
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg
         )
         del Cs, dCs
@@ -161,17 +159,22 @@ def _validate(q, k, v, i, f, state, chunk_size) -> None:
 
 
 def _check_pipelining(q: Tensor, v: Tensor, config: ChunkwiseConfig) -> None:
-    """Refuse num_stages > 2 on CUDA when DQK or DV is a single tile of the per-chunk kernels: those
-    loops run over a run-time count (forward.py says why), and with Triton 3.6 on an H200 such loops
-    pipelined 3 deep gave wrong results (64 / 64 heads: h off by 9%, dv by 11%; 2026-12-04)."""
+    """Refuse num_stages > 2, set in the config, on CUDA when DQK or DV is a single tile of a per-chunk
+    kernel (forward or backward): those loops run over a run-time count (forward.py says why), and
+    with Triton 3.6 on an H200 such loops pipelined 3 deep gave wrong results (64 / 64 heads: h off by
+    9%, dv by 11%; 2026-12-04). A dtype default deeper than 2 is lowered to 2 there instead."""
     DQK, DV = q.shape[-1], v.shape[-1]
-    bk, bv = pick_blocks(DQK, DV, config)
-    if q.device.type == "cuda" and config.num_stages > 2 and (bk == DQK or bv == DV):
-        raise ValueError(
-            f"mlstm_chunkwise_triton: num_stages {config.num_stages} is refused on CUDA when DQK ({DQK}) or DV "
-            f"({DV}) is a single tile (block_k {bk}, block_v {bv}): with Triton 3.6 it gave wrong results "
-            "(h off by 9% at 64/64 heads); use num_stages 2 (the default) or tiles that split both dims"
-        )
+    if q.device.type != "cuda":
+        return
+    for kind in ("output", "bwd"):
+        launch, stages_set = _chunk_launch(kind, DQK, DV, config, q.dtype)
+        bk, bv = launch.block_k, launch.block_v
+        if stages_set and launch.num_stages > 2 and (bk == DQK or bv == DV):
+            raise ValueError(
+                f"mlstm_chunkwise_triton: num_stages {launch.num_stages} is refused on CUDA when DQK ({DQK}) "
+                f"or DV ({DV}) is a single tile (block_k {bk}, block_v {bv}): with Triton 3.6 it gave wrong "
+                "results (h off by 9% at 64/64 heads); use num_stages 2 or tiles that split both dims"
+            )
 
 
 def mlstm_chunkwise_triton(

@@ -1,5 +1,6 @@
 """The Triton kernels on a GPU against float64 references: bfloat16 within 1e-2, float32 within 1e-5
-(outputs, final state, every gradient). The shapes users train (TRAIN_SHAPES: the presets, xLSTM 7B
+(outputs, final state, every gradient; the chunkwise gradients against the float64 backward at the
+kernel's own h, tests/kernels/metrics.py says why). The shapes users train (TRAIN_SHAPES: the presets, xLSTM 7B
 heads, the demo model, odd S, S below a chunk, a full grid), and the kernels' refusals. Needs CUDA.
 bench/gpu_memcheck.sh runs this file under compute-sanitizer's memcheck."""
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 
 from tests.conftest import rel_err
-from tests.kernels.metrics import chunkwise_errors
-from xlstm_edge.mlstm import mlstm_chunkwise, mlstm_step
+from tests.kernels.metrics import chunkwise_errors, grad_failures, model_shape_errors
+from xlstm_edge.mlstm import mlstm_step
 from xlstm_edge.slstm import slstm_scan
 
 pytestmark = [
@@ -22,8 +23,9 @@ DEV = "cuda"
 
 
 def _report(label, errs, tol):
+    """Print every figure; return the bounded ones above tol (reported "... (...)" entries excluded)."""
     print(f"\n{label}: " + " ".join(f"{k}={v:.2e}" for k, v in errs.items()))
-    return {k: v for k, v in errs.items() if not v <= tol}
+    return grad_failures(errs, tol)
 
 
 @pytest.mark.parametrize("state_tiles", [(0, 0), (128, 128)])
@@ -37,7 +39,6 @@ def test_chunkwise_7b_heads(seed, dtype, chunk_size, state_tiles):
     config = ChunkwiseConfig(block_k_states=state_tiles[0], block_v_states=state_tiles[1])
     errs = chunkwise_errors((2, 4, 333, 256, 512), dtype, chunk_size, DEV, config)
     bad = _report(f"chunkwise {dtype} L={chunk_size} state tiles {state_tiles}", errs, TOL[dtype])
-    bad.pop("dm0 (plain)", None)
     assert not bad, (seed, bad)
 
 
@@ -60,25 +61,12 @@ TRAIN_SHAPES = {
 @pytest.mark.parametrize("shape", list(TRAIN_SHAPES), ids=list(TRAIN_SHAPES))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_chunkwise_model_shapes(seed, dtype, shape):
-    """No initial state, no final-state gradient: the training path (as the model calls the kernel)."""
-    from xlstm_edge.kernels.mlstm_chunkwise import mlstm_chunkwise_triton
-
+    """No initial state, no final-state gradient: the training path (as the model calls the kernel).
+    S = 1: where every head's input gate beats its forget gate, d f is exactly 0 in float64 (it
+    reaches h through eps alone) and grad_err takes the kernel's |df| instead of a relative error."""
     B, NH, S, DQK, DV, L = TRAIN_SHAPES[shape]
-    q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
-    v = torch.randn(B, NH, S, DV, device=DEV).to(dtype)
-    i = torch.randn(B, NH, S, device=DEV)
-    f = torch.randn(B, NH, S, device=DEV) + 3
-    leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
-    leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    h, _ = mlstm_chunkwise_triton(*leaves, chunk_size=L, return_state=True)
-    h64, _ = mlstm_chunkwise(*leaves64, chunk_size=L)
-    grad = torch.randn_like(h64).to(h.dtype)  # rounded to h's dtype for both sides
-    h.backward(grad)
-    h64.backward(grad.double())
+    errs = model_shape_errors(TRAIN_SHAPES[shape], dtype, DEV)
     torch.cuda.synchronize()
-    errs = {"h": rel_err(h, h64)}
-    names = ("dq", "dk", "dv", "di", "df")
-    errs.update({n: rel_err(a.grad, b.grad) for n, a, b in zip(names, leaves, leaves64, strict=True)})
     bad = _report(f"chunkwise {dtype} {shape} B{B} NH{NH} S{S} {DQK}/{DV} L={L}", errs, TOL[dtype])
     assert not bad, (seed, bad)
 
@@ -184,8 +172,8 @@ def test_state_kernels_tile_independent(seed, chunk_size):
     for tiles in ((128, 128), (32, 32)):
         cfg = ChunkwiseConfig(block_k_states=tiles[0], block_v_states=tiles[1])
         Cs, ns, ms, Cf, nf = chunk_states_fwd(k, v, lf, ig, None, L, cfg)
-        dCs, dns, dC0, dn0, shares = chunk_states_bwd(q, dh, lf, ig, m_pos, norm, dden, ms, Cs, ns, None, L, cfg)
-        outs[tiles] = dict(Cs=Cs, ns=ns, ms=ms, Cf=Cf, dCs=dCs, dns=dns, dC0=dC0, shares=shares)
+        dCs, dns, dC0, dn0 = chunk_states_bwd(q, dh, lf, ig, m_pos, norm, dden, ms, None, L, cfg)
+        outs[tiles] = dict(Cs=Cs, ns=ns, ms=ms, Cf=Cf, dCs=dCs, dns=dns, dC0=dC0)
     a, b = outs[(128, 128)], outs[(32, 32)]
     errs = {name: rel_err(a[name], b[name]) for name in a}
     bad = _report(f"state tiles 128x128 vs 32x32, L={L}", errs, 1e-2)
