@@ -5,7 +5,8 @@ A package is a directory::
     xlstm_edge.json     this manifest (format "xlstm-edge-package", format_version 1)
     tokenizer.json      the tokenizer (copied from the checkpoint, or the byte-level one)
     step.onnx, prefill.onnx (+ .onnx.data above 2 GB)   backend "onnxruntime"
-    model.pte (methods "step" and "prefill")              backend "executorch"
+    model.pte (methods "step" and "prefill", and "forward" for   backend "executorch"
+               ExecuTorch's stock LLM runner: see ``Manifest.runner``)
 
 Graph I/O (positional in this order for ExecuTorch methods, by name for ONNX):
     step     input_ids (B, 1) int64, every past.{layer}.{name}
@@ -127,6 +128,10 @@ class Manifest:
     # where each float parameter lies in the package's own files (ONNX: weights.bin offsets, see
     # ``export.onnx_weights.weights_index``), so that ``xlstm-edge quantize`` needs no checkpoint
     weights: dict[str, Any] | None = None
+    # ExecuTorch packages of batch 1: the .pte's ``forward`` method for ExecuTorch's stock LLM runner
+    # (``export.runner_module``): {"method", "max_seq_len", "vocab_size", "bos_id", "eos_ids",
+    # "max_context_len"}; None when the package has none
+    runner: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -147,7 +152,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         order = ["format", "format_version", "backend", "created", "model", "tokenizer", "state", "graphs",
-                 "quantization", "parity", "tools", "source", "weights"]
+                 "quantization", "parity", "tools", "source", "weights", "runner"]
         return {k: d[k] for k in order}
 
     @classmethod
@@ -191,6 +196,7 @@ class Manifest:
                 created=raw.get("created", ""),
                 source=raw.get("source"),
                 weights=raw.get("weights"),
+                runner=raw.get("runner"),
                 format=raw["format"],
                 format_version=raw["format_version"],
             )
