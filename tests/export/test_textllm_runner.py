@@ -75,8 +75,8 @@ def packages(float_packages, tmp_path_factory) -> dict[str, Path]:
     "int4-m" (int4-dynamic)."""
     root = tmp_path_factory.mktemp("runner-quant")
     out = dict(float_packages)
-    out["int8-ms"] = quantize(out["fp32-ms"], root / "int8-ms", "int8-dynamic", embedding="int8").out_dir
-    out["int4-m"] = quantize(out["fp32-m"], root / "int4-m", "int4-dynamic").out_dir
+    out["int8-ms"] = quantize(out["fp32-ms"], root / "int8-ms", "int8-dynamic", embedding="int8").out
+    out["int4-m"] = quantize(out["fp32-m"], root / "int4-m", "int4-dynamic").out
     return out
 
 
