@@ -5,7 +5,8 @@ the program (``step_buf``: input_ids only, ``copy_`` into the buffers at the end
     .venv/bin/python bench/state_buffers.py CKPT [--threads 2] [--calls 64] [--rounds 5]
 
 Both methods are lowered into one .pte from the checkpoint (float32, XNNPACK; ``flat_step`` as in
-packages), then timed in interleaved rounds: median ms of single calls. Prints a markdown table. Not a test.
+packages), then timed call by call, alternating: median ms of single calls and the median ratio of
+neighbouring calls (the shared machine's noise hits both alike). Prints a markdown table. Not a test.
 """
 
 from __future__ import annotations
@@ -79,17 +80,16 @@ def main() -> None:
     ids = torch.zeros(1, 1, dtype=torch.int64)
     t_io: list[float] = []
     t_buf: list[float] = []
-    for _ in range(args.rounds):  # interleaved: a slow spell of the shared machine hits both
-        for i in range(args.calls + 2):
-            t0 = time.perf_counter()
-            state = io.run([ids, *state])[1:]
-            if i >= 2:
-                t_io.append(time.perf_counter() - t0)
-        for i in range(args.calls + 2):
-            t0 = time.perf_counter()
-            buf.run([ids])
-            if i >= 2:
-                t_buf.append(time.perf_counter() - t0)
+    for i in range(args.rounds * args.calls + 2):  # call by call, alternating: noise hits both alike
+        t0 = time.perf_counter()
+        state = io.run([ids, *state])[1:]
+        t1 = time.perf_counter()
+        buf.run([ids])
+        t2 = time.perf_counter()
+        if i >= 2:
+            t_io.append(t1 - t0)
+            t_buf.append(t2 - t1)
+    ratios = sorted(b / a for a, b in zip(t_io, t_buf, strict=True))
     state_mb = sum(t.numel() for t in state) * 4 / 1e6
     print(f"{args.ckpt.name}: state {state_mb:.2f} MB, {args.threads} threads, {args.rounds} rounds x {args.calls} calls")
     print("| method | state | median ms / token | p10-p90 |")
@@ -97,6 +97,8 @@ def main() -> None:
     for name, how, times in (("step", "tensors in, out (today)", t_io), ("step_buf", "mutable buffers", t_buf)):
         q = statistics.quantiles([1e3 * t for t in times], n=10)
         print(f"| {name} | {how} | {1e3 * statistics.median(times):.2f} | {q[0]:.2f}-{q[-1]:.2f} |")
+    print(f"step_buf / step, median of per-pair ratios: {statistics.median(ratios):.3f} "
+          f"(p10-p90 {ratios[len(ratios) // 10]:.3f}-{ratios[-len(ratios) // 10 - 1]:.3f})")
 
 
 if __name__ == "__main__":
