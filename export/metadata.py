@@ -7,7 +7,8 @@ A package is a directory::
     generation_config.json   copied from the checkpoint when it has one (the runtime stops at its
                         ``eos_token_id``s, as transformers' ``generate`` does)
     step.onnx, prefill.onnx (+ .onnx.data above 2 GB)   backend "onnxruntime"
-    model.pte (methods "step" and "prefill")              backend "executorch"
+    model.pte (methods "step" and "prefill", and "forward" for   backend "executorch"
+               ExecuTorch's stock LLM runner: see ``Manifest.runner``)
     genai.onnx + genai_config.json (ONNX Runtime GenAI's graph, ``export/genai.py``; manifest key ``genai``)
 
 Graph I/O (positional in this order for ExecuTorch methods, by name for ONNX):
@@ -134,6 +135,10 @@ class Manifest:
     # ONNX Runtime GenAI (``export/genai.py``): {"graph": "genai.onnx", "config": "genai_config.json",
     # "conv_state", "recurrent_state" (slot shapes), "parity"}, or {"refused": why}; None: not exported
     genai: dict[str, Any] | None = None
+    # ExecuTorch packages of batch 1: the .pte's ``forward`` method for ExecuTorch's stock LLM runner
+    # (``export.runner_module``): {"method", "max_seq_len", "vocab_size", "bos_id", "eos_ids",
+    # "max_context_len"}; None when the package has none
+    runner: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
 
@@ -154,7 +159,7 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         order = ["format", "format_version", "backend", "created", "model", "tokenizer", "state", "graphs",
-                 "quantization", "parity", "tools", "source", "weights", "genai"]
+                 "quantization", "parity", "tools", "source", "weights", "genai", "runner"]
         return {k: d[k] for k in order}
 
     @classmethod
@@ -199,6 +204,7 @@ class Manifest:
                 source=raw.get("source"),
                 weights=raw.get("weights"),
                 genai=raw.get("genai"),
+                runner=raw.get("runner"),
                 format=raw["format"],
                 format_version=raw["format_version"],
             )

@@ -36,13 +36,22 @@ from .metadata import (
     write_manifest,
 )
 from .step_module import prefill_chunk_size
-from .verify import ParityError, parity_check
+from .verify import ParityError, parity_check, runner_parity_check
+
+
+def runner_forward_parity(model: xLSTMForCausalLM, pte: Path, runner, tolerance: float | None) -> dict:
+    """``verify.runner_parity_check`` of the .pte's ``forward`` (loaded fresh: its buffers start at zero)."""
+    from xlstm_edge.runtime.graphs import PteMethod
+
+    method = PteMethod(pte, "forward")
+    return runner_parity_check(model, lambda ids, pos: method.run([ids, pos])[0], runner.max_seq_len,
+                               runner.vocab_size, tolerance=tolerance)
 
 FORMATS: dict[str, str] = {"onnx": "onnxruntime", "executorch": "executorch"}  # --format -> manifest backend
 STAGES: dict[str, list[str]] = {
     "onnx": ["step graph", "prefill graph", "tokenizer", "parity", "genai graph", "shared weights", "onnx checker",
              "genai parity", "manifest"],
-    "executorch": ["export + lower to XNNPACK", "tokenizer", "parity", "manifest"],
+    "executorch": ["export + lower to XNNPACK", "tokenizer", "parity", "runner parity", "manifest"],
 }
 DEFAULT_PARITY_STEPS = 64
 PARITY_BATCH_DYNAMIC = 2  # rows the parity check runs through a dynamic-batch graph
@@ -82,6 +91,7 @@ def package_manifest(model: xLSTMForCausalLM, fmt: str, tokenizer, tokens_per_ca
     ``model`` will do: only its config is read), for a pipeline that lays the package out first.
     """
     config = model.config
+    runner = stock_runner(fmt, tokenizer, tokens_per_call, batch)
     if graphs is None:
         from .step_module import graph_entry
 
@@ -107,7 +117,18 @@ def package_manifest(model: xLSTMForCausalLM, fmt: str, tokenizer, tokens_per_ca
         tools=_tool_versions(fmt),
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         source=source,
+        runner=runner.to_manifest() if runner is not None else None,
     )
+
+
+def stock_runner(fmt: str, tokenizer, tokens_per_call: int, batch: int):
+    """The ``RunnerSpec`` of a package's stock-runner ``forward``: ExecuTorch packages of batch 1 have one
+    (its calls take up to the prefill's T tokens); others None."""
+    if fmt != "executorch" or batch != 1:
+        return None
+    from .runner_module import RunnerSpec
+
+    return RunnerSpec.for_tokenizer(tokenizer, tokens_per_call)
 
 
 def export_package(
@@ -177,6 +198,7 @@ def export_package(
 
     with publishing(out_dir, replace=force, error=ExportError) as tmp:
         graphs: dict[str, GraphEntry]
+        runner = None
         extra: dict[str, object] = {}
         weights_index = None
         genai_info = None
@@ -203,8 +225,9 @@ def export_package(
         else:
             from .to_executorch import ExecuTorchRunner, export_executorch
 
+            runner = stock_runner(fmt, tokenizer, T, batch)
             graphs, delegates = timed(
-                "export + lower to XNNPACK", lambda: export_executorch(model, T, tmp, batch=batch)
+                "export + lower to XNNPACK", lambda: export_executorch(model, T, tmp, batch=batch, runner=runner)
             )
             extra["xnnpack_delegate_calls"] = delegates
             make_runner = lambda: ExecuTorchRunner(tmp, graphs)  # noqa: E731
@@ -242,6 +265,11 @@ def export_package(
             if not gen.passed:
                 raise ParityError(f"the ONNX Runtime GenAI graph disagrees with the model: {gen.summary()}")
             genai_info.parity = gen.to_dict()
+        if fmt == "executorch" and runner is not None:  # the stock runner's forward, its state in buffers
+            extra["runner"] = timed("runner parity", lambda: runner_forward_parity(
+                model, tmp / graphs["step"].file, runner, tolerance))
+            if not extra["runner"]["passed"]:
+                raise ParityError(f"the .pte's forward (stock runner) disagrees with the model: {extra['runner']}")
 
         stage("manifest")
         manifest = package_manifest(model, fmt, tokenizer, T, batch, source, graphs)

@@ -1,4 +1,5 @@
-"""ExecuTorch: one ``model.pte`` with methods ``step`` and ``prefill``, lowered to XNNPACK.
+"""ExecuTorch: one ``model.pte`` with methods ``step`` and ``prefill`` (and, for batch 1, ``forward`` with
+the metadata methods of ExecuTorch's stock LLM runner: ``runner_module``), lowered to XNNPACK.
 
 ``torch.export`` each method, ``to_edge_transform_and_lower`` with the XNNPACK partitioner on the
 dict of programs (one multi-method program), ``to_executorch``. The batch dim is static (default
@@ -22,6 +23,7 @@ from torch import Tensor
 from xlstm_edge.model import xLSTMForCausalLM
 
 from .metadata import GraphEntry
+from .runner_module import FORWARD, RunnerSpec, export_runner_method
 from .step_module import PrefillModule, StepModule, example_inputs, graph_entry
 
 PTE_NAME = "model.pte"
@@ -66,13 +68,17 @@ def backend_config(**kwargs: Any) -> Any:
     return ExecutorchBackendConfig(memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False), **kwargs)
 
 
-def lower_to_pte(programs: dict[str, torch.export.ExportedProgram], path: Path) -> dict[str, int]:
-    """Lower the programs to XNNPACK and write one ``.pte``; returns {method: delegate calls}."""
+def lower_to_pte(programs: dict[str, torch.export.ExportedProgram], path: Path,
+                 constant_methods: dict | None = None) -> dict[str, int]:
+    """Lower the programs to XNNPACK and write one ``.pte`` (with ``constant_methods``, e.g. the stock
+    runner's metadata); returns {method: delegate calls}. The methods share each weight (XNNPACK keeps
+    constants in the program's named data, one copy per distinct tensor)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     with quiet_lowering():
-        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=constant_methods)
         delegates = {
             name: sum(1 for n in edge.exported_program(name).graph.nodes if "call_delegate" in str(n.target))
             for name in programs
@@ -84,10 +90,14 @@ def lower_to_pte(programs: dict[str, torch.export.ExportedProgram], path: Path) 
 
 
 def export_executorch(
-    model: xLSTMForCausalLM, tokens_per_call: int, out_dir: Path, batch: int = 1
+    model: xLSTMForCausalLM, tokens_per_call: int, out_dir: Path, batch: int = 1, runner: RunnerSpec | None = None
 ) -> tuple[dict[str, GraphEntry], dict[str, int]]:
-    """Write ``out_dir/model.pte``; return the manifest's graph entries and the delegate counts."""
-    delegates = lower_to_pte(export_programs(model, tokens_per_call, batch), out_dir / PTE_NAME)
+    """Write ``out_dir/model.pte``; return the manifest's graph entries and the delegate counts.
+    ``runner``: also write the stock runner's ``forward`` and metadata methods (``runner_module``)."""
+    programs = export_programs(model, tokens_per_call, batch)
+    if runner is not None:
+        programs[FORWARD] = export_runner_method(model, runner)
+    delegates = lower_to_pte(programs, out_dir / PTE_NAME, runner.constant_methods() if runner else None)
     graphs = {
         "step": graph_entry(model, "step", 1, PTE_NAME, batch=batch),
         "prefill": graph_entry(model, "prefill", tokens_per_call, PTE_NAME, batch=batch),

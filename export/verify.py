@@ -23,6 +23,7 @@ orders of magnitude more. ``tolerance`` (absolute max |dlogits|), when given, re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -194,3 +195,56 @@ def parity_check(
         argmax_agreement=agree,
         passed=finite and ok,
     )
+
+
+# ---- the stock runner's forward (state in the program's buffers) ---------------------------------
+@torch.no_grad()
+def runner_parity_check(
+    model: xLSTMForCausalLM,
+    forward: Callable[[Tensor, Tensor], Tensor],
+    max_seq_len: int,
+    vocab_size: int,
+    steps: int = 16,
+    tolerance: float | None = None,
+    seed: int = 1,
+) -> dict:
+    """``forward(tokens (1, T), input_pos (1,)) -> logits (1, vocab_size)`` (the .pte's runner method, its
+    state in buffers) against the float64 reference, held to the same bound as ``parity_check``.
+
+    Two sequences from position 0 through one loaded method, as TextLLMRunner drives it: a prompt of
+    max_seq_len + max_seq_len // 2 + 1 tokens (a full call, then a partial one), then ``steps`` decode
+    calls; then a shorter prompt, again from position 0, and ``steps`` more (its state must start from
+    zero: the reset at position 0 is inside the graph)."""
+    g = torch.Generator().manual_seed(seed)
+    got, ref, eager = [], [], []
+    for prompt_len in (max_seq_len + max_seq_len // 2 + 1, max(2, max_seq_len // 2 - 1)):
+        ids = torch.randint(0, vocab_size, (1, prompt_len + steps), generator=g)
+        pos, ends = 0, []
+        while pos < prompt_len:  # the runner's prefill: pieces of at most max_seq_len
+            n = min(max_seq_len, prompt_len - pos)
+            logits = forward(ids[:, pos:pos + n], torch.tensor([pos]))
+            pos += n
+        got.append(logits)
+        ends.append(prompt_len - 1)
+        for _ in range(steps):  # the runner's decode: one token per call
+            got.append(forward(ids[:, pos:pos + 1], torch.tensor([pos])))
+            ends.append(pos)
+            pos += 1
+        positions = torch.tensor(ends)
+        r, _ = blockwise_forward(model, ids, positions)
+        ref.append(r[:, :vocab_size])
+        eager.append(model(ids)[0][0, positions, :vocab_size].double())
+    got_all = torch.cat(got).double()
+    ref_all, eager_all = torch.cat(ref), torch.cat(eager)
+    scale = float(ref_all.abs().max())
+    worst = float((got_all - ref_all).abs().max())
+    rel = worst / max(scale, 1e-30)
+    own = float((eager_all - ref_all).abs().max()) / max(scale, 1e-30)
+    bound = max(MODEL_ERROR_FACTOR * own, REL_FLOOR)
+    ok = worst <= tolerance if tolerance is not None else rel <= bound
+    return {
+        "method": "forward", "calls": len(got), "max_abs_dlogits": worst, "logits_scale": scale,
+        "max_rel_dlogits": rel, "eager_float32_rel_err": own, "bound_rel": bound, "tolerance": tolerance,
+        "argmax_agreement": float((got_all.argmax(-1) == ref_all.argmax(-1)).float().mean()),
+        "passed": bool(torch.isfinite(got_all).all()) and ok,
+    }

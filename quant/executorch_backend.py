@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from xlstm_edge.export.runner_module import FORWARD, RunnerSpec, export_runner_method
 from xlstm_edge.export.step_module import PrefillModule, StepModule, example_inputs
 from xlstm_edge.export.to_executorch import backend_config, quiet_lowering
 from xlstm_edge.runtime.graphs import PteMethod, load_quantized_kernels  # the one .pte loader
@@ -45,10 +46,10 @@ def check_state_float(program: torch.export.ExportedProgram, n_fixed_inputs: int
 
 
 def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: Path,
-                   batch: int = 1) -> dict[str, Any]:
+                   batch: int = 1, runner: RunnerSpec | None = None) -> dict[str, Any]:
     """Lower ``methods`` ({method name: (graph kind "step" | "prefill", tokens_per_call)}) of the
     quantized model into one .pte at ``path``. The batch is static (``batch`` rows, as the float32
-    package's).
+    package's). ``runner``: add the stock runner's ``forward`` and metadata methods (``runner_module``).
 
     Returns lowering facts per method: XNNPACK delegate count, the quantize ops left outside
     delegates, and the state check of the exported graph (``check_state_float``).
@@ -67,8 +68,12 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
             args = example_inputs(ao_model, batch, tokens, kind == "prefill")
             programs[name] = torch.export.export(module, args, strict=False)
             facts[name] = {"state_in_graph": check_state_float(programs[name], 2 if kind == "prefill" else 1)}
-        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()])
-        for name in methods:
+        if runner is not None:
+            programs[FORWARD] = export_runner_method(ao_model, runner)
+            facts[FORWARD] = {"state": "mutable buffers, float32"}
+        edge = to_edge_transform_and_lower(programs, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=runner.constant_methods() if runner else None)
+        for name in programs:
             delegates, outside = 0, {}
             for node in edge.exported_program(name).graph.nodes:
                 if node.op != "call_function":

@@ -301,13 +301,16 @@ def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path, genai: boo
         if extra:
             facts["genai"] = inspect_graph(out / GRAPH_NAME)
         return facts, graphs
+    from xlstm_edge.export.runner_module import RunnerSpec
+
     from .executorch_backend import PteMethod, export_program, inspect_method
 
     by_file: dict[str, dict[str, tuple[str, int]]] = {}
     for key, entry in manifest.graphs.items():
         by_file.setdefault(entry.file, {})[entry.method] = (key, entry.tokens_per_call)
     for file, methods in by_file.items():
-        lowering = export_program(qmodel, methods, out / file, batch=static_batch(manifest) or 1)
+        runner = RunnerSpec.from_manifest(manifest.runner) if manifest.runner else None
+        lowering = export_program(qmodel, methods, out / file, batch=static_batch(manifest) or 1, runner=runner)
         for method, (key, _) in methods.items():
             runner = PteMethod(out / file, method)
             facts[key] = {**lowering[method], **inspect_method(runner, 2 if key == "prefill" else 1)}
@@ -543,6 +546,7 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             source=manifest.source,
             genai=genai_entry,
+            runner=manifest.runner,
         )
         md.write_manifest(new, tmp)
         md.read_manifest(tmp)  # the package as the runtime will see it
