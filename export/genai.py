@@ -16,7 +16,6 @@ token per call, each call fed the previous ``present.*``).
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,10 +37,10 @@ from .genai_graph import (
     pack_state,
     slot_shapes,
 )
+from .to_onnx import export_onnx_module
 
 GRAPH_NAME = "genai.onnx"
 CONFIG_NAME = "genai_config.json"
-OPSET = 20
 CONTEXT_LENGTH = 2**31 - 1  # xLSTM's context is unbounded: GenAI never stops a stream for length
 DEFAULT_MAX_LENGTH = 65536  # GenAI's default max_length (prompt + new tokens) when a caller sets none
 PROMPT_CHUNK = 256  # GenAI feeds a longer prompt in chunks of this many tokens (the T x T gate matrix)
@@ -73,27 +72,8 @@ def export_genai_graph(model: xLSTMForCausalLM, path: Path, lowering: Any = None
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     tokens = torch.export.Dim("sequence", min=1, max=2**20)
     dynamic = ({0: batch, 1: tokens}, tuple({0: batch} for _ in args[1:]))
-    custom = lowering is not None and lowering.fold_limit is not None
-    extra: dict[str, Any] = {}
-    if lowering is not None and lowering.translation_table is not None:
-        extra["custom_translation_table"] = lowering.translation_table
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, args, dynamo=True, opset_version=OPSET,
-            input_names=input_names(model.config), output_names=output_names(model.config),
-            dynamic_shapes=dynamic, external_data=True, optimize=not custom, verbose=False, **extra,
-        )
-        if custom:
-            import onnxscript.optimizer
-
-            onnxscript.optimizer.optimize(program.model, input_size_limit=lowering.fold_limit,
-                                          output_size_limit=lowering.fold_limit)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        program.save(str(path), external_data=True)
-    del program
-    if lowering is not None and lowering.after_save is not None:
-        lowering.after_save(path)
+    export_onnx_module(module, args, path, input_names(model.config), output_names(model.config), dynamic,
+                       lowering)
     check_in_place(path)
 
 

@@ -57,6 +57,19 @@ def export_onnx_method(
     # norms spelled so that ONNX Runtime fuses each into one node (ExportLM)
     module = PrefillModule(model, tokens_per_call, fused_norms=True) if prefill else StepModule(model, fused_norms=True)
     args = example_inputs(model, 2, tokens_per_call, prefill)  # batch 2: a size-1 dim would be specialized
+    export_onnx_module(module, args, path, input_names(model, prefill), output_names(model),
+                       _dynamic_batch(args, 2 if prefill else 1, max_batch), lowering)
+    return graph_entry(model, method, tokens_per_call, path.name)
+
+
+
+def export_onnx_module(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                       dynamic_shapes: Any, lowering: Any = None) -> None:
+    """``torch.onnx.export`` (dynamo) of ``module`` at ``args`` to ``path``, weights in a data file beside it.
+
+    ``lowering`` (a quantized model's ``Lowering``): its custom-op translation table, the optimizer's
+    fold limit (onnxscript's optimizer then runs with it instead of the exporter's own), and a pass
+    run on the saved file (``after_save``)."""
     custom = lowering is not None and lowering.fold_limit is not None
     extra: dict[str, Any] = {}
     if lowering is not None and lowering.translation_table is not None:
@@ -64,22 +77,12 @@ def export_onnx_method(
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecated pytree calls
         program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=input_names(model, prefill),
-            output_names=output_names(model),
-            dynamic_shapes=_dynamic_batch(args, 2 if prefill else 1, max_batch),
-            external_data=True,
-            optimize=not custom,
-            verbose=False,
-            **extra,
+            module, args, dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
+            dynamic_shapes=dynamic_shapes, external_data=True, optimize=not custom, verbose=False, **extra,
         )
         if custom:
             import onnxscript.optimizer
 
-            assert lowering is not None and lowering.fold_limit is not None
             onnxscript.optimizer.optimize(program.model, input_size_limit=lowering.fold_limit,
                                           output_size_limit=lowering.fold_limit)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,8 +90,6 @@ def export_onnx_method(
     del program
     if lowering is not None and lowering.after_save is not None:
         lowering.after_save(path)
-    return graph_entry(model, method, tokens_per_call, path.name)
-
 
 def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry], model: nn.Module | None = None,
                         extra_files: list[str] | None = None) -> dict[str, Any]:
