@@ -130,7 +130,7 @@ class Manifest:
     # in-memory model); ``xlstm-edge quantize`` re-reads the float32 weights from there
     source: dict[str, Any] | None = None
     # where each float parameter lies in the package's own files (ONNX: weights.bin offsets, see
-    # ``export.onnx_weights.weights_index``), so that ``xlstm-edge quantize`` needs no checkpoint
+    # ``export.package_weights.weights_index``; ExecuTorch: model.pte offsets), so that ``xlstm-edge quantize`` needs no checkpoint
     weights: dict[str, Any] | None = None
     # ONNX Runtime GenAI (``export/genai.py``): {"graph": "genai.onnx", "config": "genai_config.json",
     # "conv_state", "recurrent_state" (slot shapes), "parity"}, or {"refused": why}; None: not exported

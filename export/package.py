@@ -51,7 +51,7 @@ FORMATS: dict[str, str] = {"onnx": "onnxruntime", "executorch": "executorch"}  #
 STAGES: dict[str, list[str]] = {
     "onnx": ["step graph", "prefill graph", "tokenizer", "parity", "genai graph", "shared weights", "onnx checker",
              "genai parity", "manifest"],
-    "executorch": ["export + lower to XNNPACK", "tokenizer", "parity", "runner parity", "manifest"],
+    "executorch": ["export + lower to XNNPACK", "weights index", "tokenizer", "parity", "runner parity", "manifest"],
 }
 DEFAULT_PARITY_STEPS = 64
 PARITY_BATCH_DYNAMIC = 2  # rows the parity check runs through a dynamic-batch graph
@@ -223,6 +223,7 @@ def export_package(
             make_runner = lambda: OnnxRunner(tmp, graphs)  # noqa: E731
             parity_batch = PARITY_BATCH_DYNAMIC
         else:
+            from .pte_weights import pte_weights_index
             from .to_executorch import ExecuTorchRunner, export_executorch
 
             runner = stock_runner(fmt, tokenizer, T, batch)
@@ -230,6 +231,7 @@ def export_package(
                 "export + lower to XNNPACK", lambda: export_executorch(model, T, tmp, batch=batch, runner=runner)
             )
             extra["xnnpack_delegate_calls"] = delegates
+            weights_index = timed("weights index", lambda: pte_weights_index(model, tmp / graphs["step"].file))
             make_runner = lambda: ExecuTorchRunner(tmp, graphs)  # noqa: E731
             parity_batch = batch
 

@@ -96,7 +96,8 @@ def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry], model:
     """Move the graphs' weights (and those of ``extra_files``, graphs outside the manifest's ``graphs``
     such as ``genai.onnx``) into one ``weights.bin`` and name it in their entries. With ``model``,
     returns the manifest's weights index too (``onnx_weights.weights_index``, key "index")."""
-    from .onnx_weights import DATA_NAME, share_weights, weights_index
+    from .onnx_weights import DATA_NAME, share_weights
+    from .package_weights import weights_index
 
     locations: dict[bytes, dict[str, Any]] = {}
     paths = [package_dir / g.file for g in graphs.values()] + [package_dir / f for f in extra_files or []]

@@ -6,7 +6,7 @@
 Both end in ``quantize_source(WeightSource, manifest layout, out, opts)``:
 1. (``quantize_package``) read the package's manifest; refuse one already quantized, an unknown scheme, a
    scheme its backend lacks; take the float weights from the package itself when its manifest locates
-   them (ONNX packages: ``export.onnx_weights.PackageWeights``), else from ``--checkpoint`` or the
+   them (``export.package_weights.PackageWeights``), else from ``--checkpoint`` or the
    checkpoint the manifest records (same hash, same config); either way the package's own step graph
    must reproduce them (``check_source``, against the streamed float32 model)
 2. ``handler.load_quantized``: each weight quantized as it is read, never a float copy of the whole
@@ -355,7 +355,7 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
     torch.set_num_threads(opts.num_threads)
     provenance = {"source_package": str(package)}
     if opts.checkpoint is None and own_weights_readable(manifest):
-        from xlstm_edge.export.onnx_weights import PackageWeights
+        from xlstm_edge.export.package_weights import PackageWeights
 
         log(f"[{time.perf_counter() - t0:5.0f} s] reading the weights of {package} ...")
         source: WeightSource = PackageWeights(package, manifest)
@@ -376,10 +376,10 @@ def quantize_package(package: Path, out: Path, opts: QuantizeOptions, log=print)
 
 
 def own_weights_readable(manifest: md.Manifest) -> bool:
-    """Whether the package's manifest locates every float weight in its own files (ONNX packages
-    exported with a weights index): then ``quantize`` reads them there and needs no checkpoint."""
+    """Whether the package's manifest locates every float weight in its own files (packages exported with
+    a weights index): then ``quantize`` reads them there and needs no checkpoint."""
     index = manifest.weights or {}
-    return manifest.backend == "onnxruntime" and bool(index.get("tensors")) and not index.get("missing")
+    return bool(index.get("tensors")) and not index.get("missing")
 
 
 def quantize_checkpoint(checkpoint: Path, out: Path, fmt: str, opts: QuantizeOptions, *, tokenizer,

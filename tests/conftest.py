@@ -78,3 +78,12 @@ def ort_built(tmp_path_factory):
     from tests.quant.conftest import build_ort
 
     return build_ort(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def et_built(tmp_path_factory):
+    """``tests.quant.conftest.build_et``: an xLSTM[m:s] model's float32 ExecuTorch package and its
+    int8-dynamic and int4-dynamic packages (session-wide: quantization and stock-runner tests use them)."""
+    from tests.quant.conftest import build_et
+
+    return build_et(tmp_path_factory)

@@ -17,7 +17,7 @@ import pytest
 import tokenizers
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
 
-from tests.quant.conftest import make_model, quantize
+from tests.quant.conftest import make_model
 from xlstm_edge.tokenizer import Tokenizer, byte_to_unicode
 
 pytest.importorskip("executorch.extension.llm.runner")
@@ -45,38 +45,35 @@ def ascii_tokenizer() -> Tokenizer:
     return Tokenizer(backend, bos_token_id=256, eos_token_id=257, pad_token_id=258)
 
 
-def export_float(model, root: Path) -> Path:
-    """A float32 ExecuTorch package of ``model`` with the ASCII tokenizer, recording its checkpoint
-    (``xlstm-edge quantize`` reads the float weights from there)."""
+def with_ascii_tokenizer(package: Path, dest: Path) -> Path:
+    """A copy of ``package`` whose tokenizer is ``ascii_tokenizer`` (same 259 ids, same specials: the
+    graphs and the manifest hold for it as they are)."""
+    import shutil
+
+    shutil.copytree(package, dest)
+    ascii_tokenizer().save(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def packages(et_built, tmp_path_factory) -> dict[str, Path]:
+    """The session's ExecuTorch packages of an mLSTM then an sLSTM block (tests/conftest.py ``et_built``),
+    ASCII tokenizer swapped in: "fp32-ms" (float32), "int8-ms" (int8-dynamic, int8 embedding), "int4-ms"
+    (int4-dynamic)."""
+    root = tmp_path_factory.mktemp("runner")
+    sources = {"fp32-ms": et_built.package, "int8-ms": et_built.int8["int8-dynamic", "int8"].out,
+               "int4-ms": et_built.int8["int4-dynamic", "fp32"].out}
+    return {kind: with_ascii_tokenizer(pkg, root / kind) for kind, pkg in sources.items()}
+
+
+@pytest.fixture(scope="module")
+def float_m(tmp_path_factory) -> Path:
+    """A float32 package of an mLSTM-only model (no sLSTM state buffers), ASCII tokenizer."""
     from xlstm_edge.export import export_package
 
-    from tests.quant.conftest import write_checkpoint
-    from xlstm_edge.checkpoint import weights_sha256
-
-    ckpt = write_checkpoint(model, root / "ckpt")
-    source = {"checkpoint": str(ckpt.resolve()), "weights_sha256": weights_sha256(ckpt)}
-    export_package(model, root / "pkg", "executorch", tokenizer=ascii_tokenizer(), prefill_tokens=MAX_SEQ_LEN,
-                   parity_steps=8, source=source)
-    return root / "pkg"
-
-
-@pytest.fixture(scope="module")
-def float_packages(tmp_path_factory) -> dict[str, Path]:
-    """{"fp32-m": an mLSTM-only model, "fp32-ms": an mLSTM then an sLSTM block}, float32 packages."""
-    root = tmp_path_factory.mktemp("runner")
     m = make_model("tiny", 7, num_hidden_layers=1, hidden_size=32, chunk_size=8)
-    ms = make_model("tiny-ms", 8, num_hidden_layers=2, hidden_size=32, chunk_size=8, slstm_at=[1])
-    return {"fp32-m": export_float(m, root / "fp32-m"), "fp32-ms": export_float(ms, root / "fp32-ms")}
-
-
-@pytest.fixture(scope="module")
-def packages(float_packages, tmp_path_factory) -> dict[str, Path]:
-    """The float packages and their quantized ones: "int8-ms" (int8-dynamic, int8 embedding) and
-    "int4-m" (int4-dynamic)."""
-    root = tmp_path_factory.mktemp("runner-quant")
-    out = dict(float_packages)
-    out["int8-ms"] = quantize(out["fp32-ms"], root / "int8-ms", "int8-dynamic", embedding="int8").out
-    out["int4-m"] = quantize(out["fp32-m"], root / "int4-m", "int4-dynamic").out
+    out = tmp_path_factory.mktemp("runner-m") / "fp32-m"
+    export_package(m, out, "executorch", tokenizer=ascii_tokenizer(), prefill_tokens=MAX_SEQ_LEN, parity_steps=8)
     return out
 
 
@@ -119,27 +116,26 @@ def check_greedy_twice(package: Path, kind: str) -> None:
     assert second == first, (kind, "the state was not reset at position 0", first, second)
 
 
-@pytest.mark.parametrize("kind", ["fp32-m", "fp32-ms"])
-def test_greedy_text_equals_ours_twice_fp32(float_packages, kind):
-    check_greedy_twice(float_packages[kind], kind)
+def test_greedy_text_equals_ours_twice_mlstm_only(float_m):
+    check_greedy_twice(float_m, "fp32-m")
 
 
-@pytest.mark.parametrize("kind", ["int8-ms", "int4-m"])
-def test_greedy_text_equals_ours_twice_quantized(packages, kind):
+@pytest.mark.parametrize("kind", ["fp32-ms", "int8-ms", "int4-ms"])
+def test_greedy_text_equals_ours_twice(packages, kind):
     check_greedy_twice(packages[kind], kind)
 
 
-def test_manifest_and_metadata(packages):
+def test_manifest_and_metadata(packages, float_m):
     """The manifest records the runner's contract and its parity; the .pte has the metadata methods."""
     from executorch.runtime import Runtime
     from xlstm_edge.export.metadata import read_manifest
     from xlstm_edge.export.runner_module import MAX_CONTEXT_LEN
 
-    for kind in ("fp32-m", "int8-ms"):
-        manifest = read_manifest(packages[kind])
+    for package in (float_m, packages["int8-ms"]):
+        manifest = read_manifest(package)
         assert manifest.runner == {"method": "forward", "max_seq_len": MAX_SEQ_LEN, "vocab_size": 259, "bos_id": 256,
                                    "eos_ids": [257], "max_context_len": MAX_CONTEXT_LEN}
-        program = Runtime.get().load_program(packages[kind] / "model.pte")
+        program = Runtime.get().load_program(package / "model.pte")
         names = set(program.method_names)
         assert {"forward", "step", "prefill", "get_max_seq_len", "get_max_context_len", "use_kv_cache",
                 "enable_dynamic_shape", "get_eos_ids", "get_vocab_size", "get_bos_id"} <= names, names
@@ -150,8 +146,8 @@ def test_manifest_and_metadata(packages):
     assert parity["passed"] and parity["max_rel_dlogits"] <= parity["bound_rel"], parity
 
 
-def test_long_prompt_and_stream(float_packages):
+def test_long_prompt_and_stream(packages):
     """A prompt of several max_seq_len pieces and a stream past it: the runner never stops on length."""
-    package = float_packages["fp32-m"]
+    package = packages["fp32-ms"]
     prompt = PROMPT * 3
     assert stock(open_runner(package), prompt, 40) == ours(package, prompt, 40)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from tests.conftest import randomize_
@@ -93,12 +92,12 @@ def build_ort(tmp_path_factory) -> Built:
     return built
 
 
-@pytest.fixture(scope="session")
-def et_built(tmp_path_factory) -> Built:
-    """ExecuTorch: float32 package of ``one_block_model``; its int8-dynamic (embedding int8) and
-    int4-dynamic (embedding fp32) packages."""
+def build_et(tmp_path_factory) -> Built:
+    """ExecuTorch: float32 package of ``ms_model`` (an mLSTM then an sLSTM block); its int8-dynamic
+    (embedding int8) and int4-dynamic (embedding fp32) packages (the session fixture ``et_built`` of
+    tests/conftest.py: the quantization tests and those of ExecuTorch's stock runner share them)."""
     root = tmp_path_factory.mktemp("quant-et")
-    model = one_block_model()
+    model = ms_model()
     ckpt = write_checkpoint(model, root / "ckpt")
     built = Built(model, ckpt, write_float_package(model, root / "fp32", "executorch", ckpt))
     for scheme, emb in (("int8-dynamic", "int8"), ("int4-dynamic", "fp32")):

@@ -98,3 +98,22 @@ def test_cli_names_a_truncated_program_in_one_line(et_built, tmp_path):
     error = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(error) == 1 and str(pte) in error[0] and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_quantize_reads_the_program_own_weights_without_its_checkpoint(et_built):
+    """The float package's weights index locates every parameter in model.pte (XNNPACK's named data, the
+    constant segment): the weights read back are the model's, bit for bit, and the fixture's quantized
+    packages were made from them, not from the checkpoint the manifest records."""
+    from xlstm_edge.export.package_weights import PackageWeights
+
+    from xlstm_edge.weights import ModelWeights
+
+    manifest = read_manifest(et_built.package)
+    assert manifest.weights["missing"] == [] and manifest.weights["file"] == "model.pte", manifest.weights
+    source, model = PackageWeights(et_built.package, manifest), ModelWeights(et_built.model)
+    assert sorted(source.names()) == sorted(model.names())
+    for name in model.names():
+        assert torch.equal(source.read(name, torch.float32), model.read(name, torch.float32)), name
+    for key in KEYS:
+        q = read_manifest(et_built.int8[key].out).quantization
+        assert "source_checkpoint" not in q and q["source_package"] == str(et_built.package), q

@@ -245,7 +245,7 @@ def test_quantize_reads_the_package_own_weights_without_its_checkpoint(ort_built
     """The float package's weights index locates every parameter in weights.bin (some stored transposed):
     the weights read back are the model's, bit for bit, and ``quantize`` of a package whose checkpoint
     is gone reads them there."""
-    from xlstm_edge.export.onnx_weights import PackageWeights
+    from xlstm_edge.export.package_weights import PackageWeights
 
     from xlstm_edge.weights import ModelWeights
 
