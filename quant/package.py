@@ -269,9 +269,11 @@ class _Method:
 
 
 # ---- graphs ---------------------------------------------------------------------------------------
-def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path, genai: bool = False
+def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path, genai: bool = False, runner: bool = True
                  ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The float32 package's graphs (same files, methods, prefill length) from the quantized model.
+    """The float32 package's graphs (same files, methods, prefill length) from the quantized model;
+    ``runner`` (ExecuTorch): with the stock runner's ``forward`` where the package has one (the probe's
+    graphs, which only the tight check of ``step`` and ``prefill`` reads, go without).
 
     Returns (facts per graph, the new manifest's graph entries). ONNX graphs keep their weights in
     one shared external file, as the float32 package does (``export.onnx_weights``). ``genai`` (ONNX):
@@ -309,11 +311,11 @@ def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path, genai: boo
     for key, entry in manifest.graphs.items():
         by_file.setdefault(entry.file, {})[entry.method] = (key, entry.tokens_per_call)
     for file, methods in by_file.items():
-        runner = RunnerSpec.from_manifest(manifest.runner) if manifest.runner else None
-        lowering = export_program(qmodel, methods, out / file, batch=static_batch(manifest) or 1, runner=runner)
+        spec = RunnerSpec.from_manifest(manifest.runner) if manifest.runner and runner else None
+        lowering = export_program(qmodel, methods, out / file, batch=static_batch(manifest) or 1, runner=spec)
         for method, (key, _) in methods.items():
-            runner = PteMethod(out / file, method)
-            facts[key] = {**lowering[method], **inspect_method(runner, 2 if key == "prefill" else 1)}
+            facts[key] = {**lowering[method], **inspect_method(PteMethod(out / file, method),
+                                                              2 if key == "prefill" else 1)}
     return facts, dict(manifest.graphs)
 
 
@@ -483,7 +485,7 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
         qprobe = load_quantized(ProbeWeights(source), opts.scheme, opts.embedding, backend=manifest.backend)
         probe_dir = staging_dir(out, "probe")
         try:
-            write_graphs(qprobe, manifest, probe_dir)
+            write_graphs(qprobe, manifest, probe_dir, runner=False)
             tight = check_tight(probe_dir, manifest, qprobe, prompt, opts.num_threads, "probe")
         finally:
             shutil.rmtree(probe_dir, ignore_errors=True)
