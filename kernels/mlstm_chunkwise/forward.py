@@ -51,6 +51,11 @@ class ChunkwiseConfig:
     run-time count, see _fwd_output_kernel) gave wrong results at 64/64 heads: the op refuses a
     per-chunk depth above 2 set here for such dims on CUDA, and a dtype default above 2 is lowered to 2
     there. bench/kernels.py and bench/tune_chunkwise.py check every configuration they time.
+    keep_states: keep the forward's chunk-start states (Cs, ns, ms) for the backward instead of
+    recomputing them there (False, the default, as NX-AI's kernels): saves one forward state pass per
+    backward at the cost of Cs's memory until the backward, B * NH * ceil(S / L) * DQK * DV elements in
+    q's dtype (xLSTM 7B heads, B 8, S 8192, L 64: 2.1 GB a layer; the `small` preset at 16 x 2048:
+    75 MB a layer). The saved states are the recomputed ones bit for bit (same kernel, same launch).
     """
 
     block_k: int = 0
@@ -69,6 +74,7 @@ class ChunkwiseConfig:
     num_stages_states_bwd: int = 0
     block_k_states_bwd: int = 0
     block_v_states_bwd: int = 0
+    keep_states: bool = False
 
 
 @dataclass(frozen=True)
