@@ -8,7 +8,9 @@
 # 2. torch.profiler over `small` preset training steps: device time per kernel family.
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 SECTIONS="--section SpeedOfLight --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis --section WarpStateStats --section MemoryWorkloadAnalysis"
-for shape in "8 8 8192 256 512" "16 4 2048 96 192"; do
+# NCU_SHAPES: ';'-separated "B NH S DQK DV" (default both); PROFILE_TRAIN=0 skips part 2
+IFS=';' read -ra NCU_LIST <<<"${NCU_SHAPES:-8 8 8192 256 512;16 4 2048 96 192}"
+for shape in "${NCU_LIST[@]}"; do
     tag=$(echo "$shape" | tr ' ' '_')
     # 6 launches per fwd+bwd (states fwd, output fwd, delta, states fwd again, states bwd, inputs bwd)
     timeout 240 ncu --clock-control none --launch-skip 6 --launch-count 6 -k 'regex:_(fwd|bwd)_' \
@@ -36,4 +38,6 @@ for i, m in per.items():
     print(" | ".join([names[i]] + [f"{m[k][0]} {m[k][1]}".strip() if k in m else "-" for k in short]))
 PY
 done 2>&1 | tee "$OUT/ncu_summary.txt"
-timeout 240 python3 bench/gpu_profile.py train small 16 2048 2>&1 | tee "$OUT/train_profile.txt"
+if [ "${PROFILE_TRAIN:-1}" != 0 ]; then
+    timeout 240 python3 bench/gpu_profile.py train small 16 2048 2>&1 | tee "$OUT/train_profile.txt"
+fi

@@ -14,7 +14,7 @@ source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW
 # train SECONDS ARGS...: one `xlstm-edge train` run under a time limit
 train() { local t=$1; shift; (cd "$SHADOW" && PYTHONPATH="$SHADOW:$ROOT" timeout "$t" python3 -m xlstm_edge.train "$@"); }
 
-RUNS=${RUNS:-small demo ms}  # any subset
+RUNS=${RUNS:-small demo ms}  # any subset; smallc: the `small` run with --compile (torch.compile)
 has() { [[ " $RUNS " == *" $1 "* ]]; }
 SMALL_STEPS=${SMALL_STEPS:-300}
 BATCH=${BATCH:-16}
@@ -28,6 +28,17 @@ train 420 --out /tmp/run_small --preset small \
     | tr '\r' '\n' | grep -v "step/s]$\|s/step]$" | tail -n 15
 echo "small exit code: ${PIPESTATUS[0]}"
 cp /tmp/run_small/train_log.jsonl "$OUT/train_small.jsonl" 2>/dev/null
+fi
+
+if has smallc; then
+echo "== small preset, --compile: batch $BATCH x seq $SEQ, bf16 autocast, Triton kernels"
+rm -rf /tmp/run_smallc
+train 480 --out /tmp/run_smallc --preset small --compile \
+    --steps $SMALL_STEPS --batch-size $BATCH --seq-len $SEQ --warmup 50 --log-every 20 --eval-every 100000 \
+    --eval-batches 2 --save-every 100000 --max-minutes "${SMALLC_MINUTES:-3}" --kernels triton 2>&1 \
+    | tr '\r' '\n' | grep -v "step/s]$\|s/step]$" | tail -n 15
+echo "small --compile exit code: ${PIPESTATUS[0]}"
+cp /tmp/run_smallc/train_log.jsonl "$OUT/train_smallc.jsonl" 2>/dev/null
 fi
 
 if has demo; then
@@ -121,6 +132,9 @@ print(f"achieved {achieved:.0f} TFLOP/s; MFU {100 * achieved / peak:.1f}% of mea
       f"TFLOP/s, {100 * achieved / 989:.1f}% of 989 TFLOP/s (datasheet dense bf16)")
 print(f"peak memory: see nvidia-smi; device {torch.cuda.get_device_name()}")
 PY
-if [ -s "$OUT/train_small.jsonl" ]; then
-    (cd "$SHADOW" && python3 train_summary.py "$OUT/train_small.jsonl") 2>&1 | tee "$OUT/train_summary.txt"
-fi
+for run in small smallc; do
+    if [ -s "$OUT/train_$run.jsonl" ]; then
+        echo "== $run" | tee -a "$OUT/train_summary.txt"
+        (cd "$SHADOW" && python3 train_summary.py "$OUT/train_$run.jsonl") 2>&1 | tee -a "$OUT/train_summary.txt"
+    fi
+done

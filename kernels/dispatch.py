@@ -40,17 +40,19 @@ def resolve_backend(device: torch.device | str, backend: str = "auto") -> str:
 def mlstm_chunkwise(
     q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor,
     state: tuple[Tensor, Tensor, Tensor] | None = None, chunk_size: int = 64, eps: float = 1e-6,
-    *, backend: Backend = "auto",
+    *, backend: Backend = "auto", keep_states: bool = False,
 ) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:  # fmt: skip
-    """Chunkwise mLSTM -> (h (B,NH,S,DV), final (C, n, m)); shapes as in `xlstm_edge.mlstm`."""
+    """Chunkwise mLSTM -> (h (B,NH,S,DV), final (C, n, m)); shapes as in `xlstm_edge.mlstm`.
+    keep_states: the Triton backward reuses the forward's chunk-start states (ChunkwiseConfig)."""
     if resolve_backend(q.device, backend) == "torch":
         from xlstm_edge.mlstm import mlstm_chunkwise as torch_form
 
         return torch_form(q, k, v, i, f, state, chunk_size=chunk_size, eps=eps)
-    from .mlstm_chunkwise import mlstm_chunkwise_triton
+    from .mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
 
     check_triton_device("mlstm_chunkwise", q)
-    h, final = mlstm_chunkwise_triton(q, k, v, i, f, state, chunk_size, return_state=True, eps=eps)
+    config = ChunkwiseConfig(keep_states=keep_states)
+    h, final = mlstm_chunkwise_triton(q, k, v, i, f, state, chunk_size, return_state=True, eps=eps, config=config)
     assert final is not None
     return h, final
 

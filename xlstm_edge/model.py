@@ -225,7 +225,13 @@ class xLSTMForCausalLM(nn.Module):  # noqa: N801
         form: Form = "chunkwise",
         chunk_size: int | None = None,
         last_only: bool = False,
+        labels: Tensor | None = None,
     ) -> tuple[Tensor, State]:
+        """(logits, state); with labels (B, S) int64, (loss, state) instead: the mean cross-entropy of
+        the logits against labels (``lm_loss``), the logits never returned (a compiled ``lm_loss``
+        fuses the head's soft cap, the float32 upcast and the loss, ``compile_for_training``)."""
+        if labels is not None and last_only:
+            raise ValueError("labels and last_only exclude each other")
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] == 0:
@@ -239,10 +245,31 @@ class xLSTMForCausalLM(nn.Module):  # noqa: N801
         for idx, block in enumerate(self.backbone.blocks):
             x, layer_state = block(x, None if state is None else state[idx], form, chunk_size)
             new_state.append(layer_state)
+        if labels is not None:
+            return self.lm_loss(x, labels), new_state
         if last_only:
             x = x[:, -1:]
-        logits = soft_cap(self.lm_head(self.backbone.out_norm(x)), self.config.output_logit_soft_cap)
-        return logits, new_state
+        return self.logits(x), new_state
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The head: the last block's output x (B, S, D) -> soft-capped logits (B, S, V)."""
+        return soft_cap(self.lm_head(self.backbone.out_norm(x)), self.config.output_logit_soft_cap)
+
+    def lm_loss(self, x: Tensor, labels: Tensor) -> Tensor:
+        """Mean cross-entropy (float32) of the head's logits for x (B, S, D) against labels (B, S)."""
+        return F.cross_entropy(self.logits(x).float().flatten(0, 1), labels.flatten())
+
+    def compile_for_training(self, backend: str = "inductor") -> xLSTMForCausalLM:
+        """torch.compile, region by region: every block (compiled once, reused by the blocks of its
+        kind) and ``lm_loss``; the Triton kernels plugged in by ``set_chunkwise_kernel`` /
+        ``set_slstm_kernel`` must be wrapped in ``torch.compiler.disable`` (they run eagerly between
+        the compiled pieces). Fuses the norms, gates, soft caps and casts around the matmuls, and the
+        head's soft cap, upcast and loss (seen as ~60% of a `small` training step's device time run
+        eagerly, bench/results/kernels.md). In place (parameter names unchanged); returns the model."""
+        for block in self.backbone.blocks:
+            block.compile(backend=backend)
+        self.lm_loss = torch.compile(self.lm_loss, backend=backend)  # type: ignore[method-assign]
+        return self
 
     # ---- initialization (as Hugging Face does for xLSTM 7B) --------------------------------------
     @torch.no_grad()

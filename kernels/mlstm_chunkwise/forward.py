@@ -35,7 +35,7 @@ class ChunkwiseConfig:
     block_k / block_v: DQK / DV tiles of the forward per-chunk kernel (0 = the dtype's default, else
     the largest of 64, 32, 16 that divides the dim); block_k_bwd / block_v_bwd: the same for the
     backward per-chunk kernel. block_k_states / block_v_states: tiles of the sequential state kernels
-    (forward, and backward unless block_k_states_bwd / block_v_states_bwd are set; 0 = start at 128 x 128 and halve the larger, down to 32, while there are
+    (forward, and backward unless block_k_states_bwd / block_v_states_bwd are set; 0 = start at the dtype's default (16-bit 64 x 128, float32 128 x 128) and halve the larger, down to 32, while there are
     fewer programs than 3/4 of the multiprocessors: long sequences at small batch otherwise leave most
     of the GPU idle in the state pass; larger tiles re-read k and v fewer times. On an H100 at 65k
     tokens, S 8k: 7B heads, 128 x 128 took the state kernels from 4.4 + 2.6 ms (64 x 128) to 2.8 + 2.0
@@ -51,6 +51,11 @@ class ChunkwiseConfig:
     run-time count, see _fwd_output_kernel) gave wrong results at 64/64 heads: the op refuses a
     per-chunk depth above 2 set here for such dims on CUDA, and a dtype default above 2 is lowered to 2
     there. bench/kernels.py and bench/tune_chunkwise.py check every configuration they time.
+    keep_states: keep the forward's chunk-start states (Cs, ns, ms) for the backward instead of
+    recomputing them there (False, the default, as NX-AI's kernels): saves one forward state pass per
+    backward at the cost of Cs's memory until the backward, B * NH * ceil(S / L) * DQK * DV elements in
+    q's dtype (xLSTM 7B heads, B 8, S 8192, L 64: 2.1 GB a layer; the `small` preset at 16 x 2048:
+    75 MB a layer). The saved states are the recomputed ones bit for bit (same kernel, same launch).
     """
 
     block_k: int = 0
@@ -69,6 +74,7 @@ class ChunkwiseConfig:
     num_stages_states_bwd: int = 0
     block_k_states_bwd: int = 0
     block_v_states_bwd: int = 0
+    keep_states: bool = False
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,11 @@ class Launch:
 # float32 keeps the launch verified since issue 3 (64-wide tiles, 8 warps, 2 stages everywhere): a
 # launch tuned for bfloat16 needs twice the shared memory per stage in float32 (one such launch asked
 # for 304 KB and the float32 tests failed with it, di off by 1.1e-5), so 16-bit tuning never reaches
-# float32. "16bit": bfloat16 and float16: the earlier sweeps' fastest launch (128-wide DV tiles in the
-# per-chunk kernels, 3 stages everywhere; depth 2 where DQK or DV is one tile). H100, 2026-12-07, 7B
-# heads, S 8192, 65k tokens, fwd+bwd: 13.29 ms against 18.71 with the float32 launch (old kernels,
-# same machine); every GPU test passed with it (bench/results/kernels.md).
+# float32. "16bit": bfloat16 and float16: the per-chunk kernels with 128-wide DV tiles, 8 warps, 3
+# stages (depth 2 where DQK or DV is one tile); the state kernels with 64 x 128 tiles, 4 warps, 2
+# stages (bench/tune_chunkwise.py on an H100, 2026-12-07, 7B heads, S 8192: forward state kernel 2.14
+# -> 1.67 ms, backward 2.35 -> 1.90 ms against 128 x 128 tiles, 8 warps, 3 stages, whose 255-register
+# programs ran one 8-warp block per multiprocessor; fwd+bwd and the GPU tests: bench/results/kernels.md).
 LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
     "float32": {
         "output": Launch(0, 0, 8, 2),
@@ -100,8 +107,8 @@ LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
     "16bit": {
         "output": Launch(64, 128, 8, 3),
         "bwd": Launch(64, 128, 8, 3),
-        "states": Launch(128, 128, 8, 3),
-        "states_bwd": Launch(128, 128, 8, 3),
+        "states": Launch(64, 128, 4, 2),
+        "states_bwd": Launch(64, 128, 4, 2),
     },
 }
 

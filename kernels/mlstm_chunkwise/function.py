@@ -2,7 +2,8 @@
 
 Same signature and results as the PyTorch reference `xlstm_edge.mlstm.mlstm_chunkwise` (q scaled by
 1/sqrt(DQK) inside; C and n hold unscaled k; initial m = 0), computed by the kernels in forward.py and
-backward.py. The chunk-start states are recomputed in the backward pass instead of being kept.
+backward.py. The chunk-start states are recomputed in the backward pass unless
+ChunkwiseConfig.keep_states keeps them from the forward.
 """
 
 from __future__ import annotations
@@ -53,17 +54,18 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
         L, cfg = settings.chunk_size, settings.config
         Cs, ns, ms, Cf, nf = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
         h, m_pos, den = chunk_output_fwd(qf, kf, vf, lf, ig, Cs, ns, ms, L, settings.eps, cfg)
-        del Cs, ns
         mf = ms[:, -1].clone()
+        if not cfg.keep_states:
+            Cs = ns = ms = None  # recomputed in the backward
         ctx.settings = settings
         ctx.has_init = init is not None
-        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, m_pos, den, Cf, nf)
+        ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, h, m_pos, den, Cf, nf, Cs, ns, ms)
         ctx.set_materialize_grads(False)
         return h.view(B, NH, S, DV), Cf.view(B, NH, DQK, DV), nf.view(B, NH, DQK), mf.view(B, NH)
 
     @staticmethod
     def backward(ctx, dh, dCf, dnf, dmf):
-        q, k, v, i, f, C0, n0, m0, h, m_pos, den, Cf, nf = ctx.saved_tensors
+        q, k, v, i, f, C0, n0, m0, h, m_pos, den, Cf, nf, Cs, ns, ms = ctx.saved_tensors
         settings: _Settings = ctx.settings
         L, cfg, eps = settings.chunk_size, settings.config, settings.eps
         B, NH, S, DQK = q.shape
@@ -86,7 +88,8 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
         dm_final = None if dmf is None else dmf.reshape(BH).float()
 
         norm, dden, dm_pos = output_grad_terms(h, dh, m_pos, den, eps)
-        Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)  # recompute
+        if Cs is None:  # not kept by the forward (ChunkwiseConfig.keep_states): recompute
+            Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
         dCs, dns, dC0, dn0 = chunk_states_bwd(qf, dh, lf, ig, m_pos, norm, dden, ms, dfinal, L, cfg)
         dq, dk, dv, kdk, cross, qa, ke, chunk_shares = chunk_inputs_bwd(
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg

@@ -143,3 +143,23 @@ def test_bad_inputs_raise_one_clear_error():
         op(q, k, v, i, f, state=make_state(1, 1, 16, 32))
     with pytest.raises(ValueError, match=r"i has shape"):
         op(q, k, v, i[..., :4], f)
+
+
+def test_keep_states_equals_recompute(seed):
+    """ChunkwiseConfig.keep_states (the forward's chunk-start states kept for the backward) gives the
+    same outputs and gradients, bit for bit, as recomputing them in the backward."""
+    inputs = make_inputs(2, 2, 45, 32, 64)
+    state = make_state(2, 2, 32, 64)
+    runs = []
+    for keep in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (*inputs, *state)]
+        h, (C, n, m) = mlstm_chunkwise_triton(
+            *leaves[:5], state=tuple(leaves[5:]), chunk_size=16, return_state=True,
+            config=ChunkwiseConfig(keep_states=keep),
+        )  # fmt: skip
+        torch.manual_seed(1)
+        outs = (h, C, n, m)
+        torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
+        runs.append([h, C, n, m, *(t.grad for t in leaves)])
+    for a, b in zip(*runs, strict=True):
+        assert torch.equal(a, b)

@@ -178,3 +178,31 @@ def test_state_kernels_tile_independent(seed, chunk_size):
     errs = {name: rel_err(a[name], b[name]) for name in a}
     bad = _report(f"state tiles 128x128 vs 32x32, L={L}", errs, 1e-2)
     assert not bad, (seed, bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_keep_states_equals_recompute(seed, dtype):
+    """ChunkwiseConfig.keep_states: the same outputs and gradients, bit for bit, as recomputing the
+    chunk-start states in the backward (7B heads, odd S, initial state, final-state gradients)."""
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig, mlstm_chunkwise_triton
+
+    B, NH, S, DQK, DV = 2, 4, 333, 256, 512
+    q, k = (torch.randn(B, NH, S, DQK, device=DEV).to(dtype) for _ in range(2))
+    v = torch.randn(B, NH, S, DV, device=DEV).to(dtype)
+    i, f = torch.randn(B, NH, S, device=DEV), torch.randn(B, NH, S, device=DEV) + 3
+    state = (torch.randn(B, NH, DQK, DV, device=DEV), torch.randn(B, NH, DQK, device=DEV),
+             torch.randn(B, NH, device=DEV))  # fmt: skip
+    grads = None
+    runs = []
+    for keep in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f, *state)]
+        h, (C, n, m) = mlstm_chunkwise_triton(
+            *leaves[:5], state=tuple(leaves[5:]), return_state=True, config=ChunkwiseConfig(keep_states=keep)
+        )
+        outs = (h, C, n, m)
+        grads = grads or [torch.randn_like(o) for o in outs]
+        torch.autograd.backward(outs, grads)
+        runs.append([h, C, n, m, *(t.grad for t in leaves)])
+    names = ("h", "C", "n", "m", "dq", "dk", "dv", "di", "df", "dC0", "dn0", "dm0")
+    differ = [n for n, a, b in zip(names, *runs, strict=True) if not torch.equal(a, b)]
+    assert not differ, (seed, differ)
