@@ -145,6 +145,7 @@ def export_package(
     source: dict | None = None,
     on_stage: Callable[[str], None] | None = None,
     genai: bool = True,
+    runner_method: bool = True,
 ) -> ExportResult:
     """Export ``model`` to a package at ``out_dir`` for ``fmt`` ("onnx" | "executorch").
 
@@ -159,6 +160,8 @@ def export_package(
     on_stage        called with each stage's name as it starts (progress display)
     genai           ONNX only: also write ``genai.onnx`` + ``genai_config.json`` (ONNX Runtime GenAI runs
                     the package as it is; ``export.genai``), or record why GenAI cannot carry the model
+    runner_method   ExecuTorch, batch 1: also the ``forward`` method (and metadata) of ExecuTorch's stock LLM
+                    runner (``export.runner_module``); without it the package runs in our runtime only
     Raises ``ExportError`` for bad arguments and ``ParityError`` (with the figures) when the graphs
     disagree with the float64 reference beyond the bound; either way nothing is left at ``out_dir``.
     """
@@ -226,7 +229,7 @@ def export_package(
             from .pte_weights import pte_weights_index
             from .to_executorch import ExecuTorchRunner, export_executorch
 
-            runner = stock_runner(fmt, tokenizer, T, batch)
+            runner = stock_runner(fmt, tokenizer, T, batch) if runner_method else None
             graphs, delegates = timed(
                 "export + lower to XNNPACK", lambda: export_executorch(model, T, tmp, batch=batch, runner=runner)
             )
@@ -275,6 +278,8 @@ def export_package(
 
         stage("manifest")
         manifest = package_manifest(model, fmt, tokenizer, T, batch, source, graphs)
+        if runner is None:
+            manifest.runner = None  # no forward method was written
         if genai_info is not None:
             if genai_info.graph is not None:
                 write_genai_config(model, tmp, manifest.tokenizer)

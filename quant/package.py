@@ -9,14 +9,14 @@ Both end in ``quantize_source(WeightSource, manifest layout, out, opts)``:
    them (``export.package_weights.PackageWeights``), else from ``--checkpoint`` or the
    checkpoint the manifest records (same hash, same config); either way the package's own step graph
    must reproduce them (``check_source``, against the streamed float32 model)
-2. ``handler.load_quantized``: each weight quantized as it is read, never a float copy of the whole
-   model; export the graphs the manifest lays out (file names, methods, prefill length, batch)
-3. inspect every graph (state I/O float32); the tight parity check (same quantization as eager int8,
-   median call to float32 noise) on these graphs, or for a model deeper than
-   ``probe.PROBE_ABOVE_BLOCKS`` on graphs exported the same way from its probe (first block of each
-   kind, read from the same source: see ``probe`` for why); the package's own graphs against eager
-   int8 within a bound that lets rounding flips through (``verify.TIGHT_MAX_REL_ERR``); quality
-   (``quality``: the float32 side streamed one block at a time) and sizes
+2. the tight parity check first (same quantization as eager int8, median call to float32 noise), on
+   graphs exported from the model's probe (first block of each kind, norm weights off their stored
+   grid, read from the same source: see ``probe`` for why), so that a lowering bug fails in minutes
+3. ``handler.load_quantized``: each weight quantized as it is read, never a float copy of the whole
+   model; export the graphs the manifest lays out (file names, methods, prefill length, batch); inspect
+   every graph (state I/O float32); the package's own graphs against eager int8 within a bound that lets
+   rounding flips through (``verify.TIGHT_MAX_REL_ERR``); quality (``quality``: the float32 side
+   streamed one block at a time) and sizes
 4. write the manifest (``quantization`` = scheme, plan summary, quality report, gate) and move the
    package into place (``xlstm_edge.publish``), or leave nothing if the quality gate is missed without
    ``allow_quality_loss``
@@ -472,14 +472,11 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
         else:
             prompt = ids[:PROMPT_TOKENS]
 
-        log_t(f"reading and quantizing the weights ({opts.scheme}, embedding {opts.embedding}) ...")
-        qmodel = load_quantized(source, opts.scheme, opts.embedding, backend=manifest.backend)
-        log_t(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
-        graph_facts, graphs = write_graphs(qmodel, manifest, tmp, genai=manifest.backend == "onnxruntime")
-
         config = source.config
         # the tight check runs on a probe for every model: its first block of each kind, norm weights off
-        # the stored grid (quant.probe: a bfloat16 grid puts activations on exact rounding ties)
+        # the stored grid (quant.probe: a bfloat16 grid puts activations on exact rounding ties). First:
+        # a lowering that does not compute the same quantization fails in the probe's minutes, before the
+        # whole model is quantized and exported
         log_t(f"tight parity check on a probe of the model ({describe(config)}, norm weights jittered "
               f"by {NORM_JITTER:g}): exporting it ...")
         qprobe = load_quantized(ProbeWeights(source), opts.scheme, opts.embedding, backend=manifest.backend)
@@ -491,6 +488,11 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
             shutil.rmtree(probe_dir, ignore_errors=True)
         del qprobe
         tight_on = {"graphs": "probe", "blocks": probe_blocks(config), "norm_jitter": NORM_JITTER}
+
+        log_t(f"reading and quantizing the weights ({opts.scheme}, embedding {opts.embedding}) ...")
+        qmodel = load_quantized(source, opts.scheme, opts.embedding, backend=manifest.backend)
+        log_t(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
+        graph_facts, graphs = write_graphs(qmodel, manifest, tmp, genai=manifest.backend == "onnxruntime")
 
         log_t("checking the package's prefill graph against eager PyTorch int8 ...")
         parity: dict[str, Any] = {"tight": {**tight_on, **tight}}

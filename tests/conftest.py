@@ -7,7 +7,37 @@ import os
 import pytest
 import torch
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# under pytest-xdist (``make test`` runs ``-n 2``) each worker takes one core's share of the threads
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
+
+# the session fixtures that export or quantize (minutes each): every module that uses one runs on one
+# xdist worker, so that each is built once (``pytest_collection_modifyitems``)
+SESSION_BUILDS = ("ort_built", "et_built", "exported_packages")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the node ids
+def pytest_collection_modifyitems(config, items) -> None:
+    """Group tests for ``--dist loadgroup``: a module's tests stay together (its module fixtures are built
+    once), and the modules that share a session build (``SESSION_BUILDS``) share a group."""
+    by_module: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        build = next((name for name in SESSION_BUILDS if name in item.fixturenames), None)
+        if build is not None and module not in by_module:
+            by_module[module] = build
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(by_module.get(module, module)))
+
+
+def pytest_collection_finish(session) -> None:
+    """Under ``--dist loadgroup`` pytest-xdist has put each test's group into its node id; if it has not (a
+    pytest it does not know: 9.2 moved the node id it rewrites), every worker would build every session
+    fixture: stop rather than run twice as long."""
+    if getattr(session.config.option, "loadgroup", False) and session.items and "@" not in session.items[0].nodeid:
+        raise pytest.UsageError("pytest-xdist did not group the tests (--dist loadgroup): check the pytest / "
+                                "pytest-xdist pins in pyproject.toml")
 
 
 def fresh_seed() -> int:
@@ -57,7 +87,9 @@ def randomize_(model: torch.nn.Module, scale: float = 0.3) -> torch.nn.Module:
 def exported_packages(tmp_path_factory) -> dict[str, object]:
     """{"model": the eager model, "onnxruntime": dir, "executorch": dir}: one tiny-ms model (an sLSTM block
     between mLSTM blocks, perturbed weights) exported to both formats, each parity-checked at export.
-    Session-wide: exporting costs about a minute per format on 2 cores."""
+    Session-wide: exporting costs about a minute per format on 2 cores. Without the stock runners'
+    graphs (GenAI's ``genai.onnx``, ExecuTorch's ``forward``): their tests have packages of their own
+    (``ort_built``, ``et_built``)."""
     from xlstm_edge.export import export_package
 
     from xlstm_edge import xLSTMConfig, xLSTMForCausalLM
@@ -67,7 +99,7 @@ def exported_packages(tmp_path_factory) -> dict[str, object]:
     root = tmp_path_factory.mktemp("packages")
     out: dict[str, object] = {"model": model}
     for fmt, backend in (("onnx", "onnxruntime"), ("executorch", "executorch")):
-        out[backend] = export_package(model, root / fmt, fmt).out_dir
+        out[backend] = export_package(model, root / fmt, fmt, genai=False, runner_method=False).out_dir
     return out
 
 

@@ -68,16 +68,18 @@ def test_probe_norm_weights_leave_the_stored_grid_and_nothing_else_changes():
         assert not torch.equal(value.bfloat16().float(), value), f"{name} still on the bfloat16 grid"
 
 
-def test_probe_path_is_checked_and_recorded(ort_built, tmp_path):
-    """The 2-block test model through the probe path (every quantized export checks its probe: here
-    the whole model, norm weights jittered)."""
-    result = quantize(ort_built.package, tmp_path / "int8", "int8-dynamic")
-    parity = read_manifest(result.out).parity["int8"]
+@pytest.mark.parametrize("key", [("int8-weight", "fp32"), ("int8-dynamic", "int8"), ("int4-dynamic", "fp32")])
+def test_probe_path_is_checked_and_recorded(ort_built, key):
+    """The session's quantized packages of the 2-block test model went through the probe path (every
+    quantized export checks its probe: here the whole model, norm weights jittered)."""
+    parity = read_manifest(ort_built.int8[key].out).parity["int8"]
     assert parity["tight"]["graphs"] == "probe" and parity["tight"]["blocks"] == [0, 1]
     assert parity["tight"]["norm_jitter"] == NORM_JITTER
     assert parity["tight"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
     assert parity["tight"]["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["int8"], "the probe's graphs are removed"
+    made_beside = sorted(p.name for p in ort_built.package.parent.iterdir())
+    assert made_beside == ["ckpt", "fp32", "int4-dynamic-fp32", "int8-dynamic-int8", "int8-weight-fp32"], (
+        "the probe's graphs are removed", made_beside)
 
 
 def test_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_path, monkeypatch):
