@@ -70,11 +70,12 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def run_export(ckpt: Path, out: Path, fmt: str, scheme: str | None) -> dict:
+def run_export(ckpt: Path, out: Path, fmt: str, scheme: str | None, eval_tokens: int) -> dict:
     exe = Path(sys.executable).with_name("xlstm-edge")
     cmd = ["/usr/bin/time", "-v", str(exe), "export", str(ckpt), str(out), "--format", fmt, "--force"]
     if scheme:
-        cmd += ["--quantize", scheme, "--embedding", "int8", "--allow-quality-loss"]  # random weights: speed only
+        # random weights: speed only (the quality report is computed, its gate not applied)
+        cmd += ["--quantize", scheme, "--embedding", "int8", "--allow-quality-loss", "--eval-tokens", str(eval_tokens)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -115,6 +116,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/xlstm-scale"))
     ap.add_argument("--bench", action="store_true", help="also stream each package (xlstm-edge bench)")
     ap.add_argument("--keep", action="store_true", help="keep the packages")
+    ap.add_argument("--eval-tokens", type=int, default=2048,
+                    help="quality report's held-out tokens (export --eval-tokens; 2048 takes hours at 7B on 2 cores)")
     ap.add_argument("--out", type=Path, help="write the markdown table here too")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,7 @@ def main() -> None:
         for spec in args.exports.split(","):
             fmt, scheme = spec.split(":")
             out = args.work / f"{shape}-{fmt}-{scheme}"
-            r = run_export(ckpt, out, fmt, None if scheme == "float32" else scheme)
+            r = run_export(ckpt, out, fmt, None if scheme == "float32" else scheme, args.eval_tokens)
             pkg = r["package_bytes"]
             bound = 1.5 * pkg + 2 * GIB if pkg else None
             within = "error: " + r["error"] if not r["ok"] else ("yes" if r["peak_rss"] <= bound else "NO")

@@ -108,15 +108,21 @@ class StageLog:
 @click.option("--tolerance", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Largest max |dlogits| the parity check accepts, absolute [default: 16x the eager "
                    "float32 model's own error against float64, relative to the largest logit].")
-@click.option("--quantize", "scheme", default=None, help="Quantize in the same go (int8-weight, int8-dynamic).")
+@click.option("--quantize", "scheme", default=None,
+              help="Quantize as the weights are read (int8-weight, int8-dynamic, int4-dynamic).")
 @click.option("--embedding", default="fp32", show_default=True, help="With --quantize: the embedding table, fp32|int8.")
 @click.option("--allow-quality-loss", is_flag=True, help="With --quantize: write even if the quality gate is missed.")
+@click.option("--eval-tokens", type=click.IntRange(64), default=2048, show_default=True,
+              help="With --quantize: held-out tokens of the quality report (perplexity, KL; two models run over "
+                   "them on the CPU: a 7B model takes minutes per hundred).")
+@click.option("--greedy-tokens", type=click.IntRange(1), default=256, show_default=True,
+              help="With --quantize: tokens float32 generates greedily for the agreement check.")
 @click.option("--force", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--ignore-memory-estimate", is_flag=True,
               help="Start even if the export's estimated peak memory exceeds what the machine has available.")
 def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch: int, tokenizer_path: Path | None,
                parity_steps: int, tolerance: float | None, scheme: str | None, embedding: str, allow_quality_loss: bool,
-               force: bool, ignore_memory_estimate: bool) -> None:
+               eval_tokens: int, greedy_tokens: int, force: bool, ignore_memory_estimate: bool) -> None:
     """Export the checkpoint CKPT (a directory, or `demo` for the embedded model) to the package OUT.
 
     OUT gets the step and prefill graphs, tokenizer.json and the manifest xlstm_edge.json, which
@@ -152,8 +158,9 @@ def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch
     if not ignore_memory_estimate:
         _check_memory(path, fmt, scheme, embedding, prefill_tokens)
     if scheme is not None:  # quantized as read, straight into OUT: no float package, no float model
-        _export_quantized(path, out, fmt, scheme, embedding, allow_quality_loss, tokenizer_path, prefill_tokens,
-                          batch, force)
+        opts_kw = dict(embedding=embedding, allow_quality_loss=allow_quality_loss, eval_tokens=eval_tokens,
+                       greedy_tokens=greedy_tokens)
+        _export_quantized(path, out, fmt, scheme, opts_kw, tokenizer_path, prefill_tokens, batch, force)
         return
     model = load_checkpoint(path)
     tokenizer = load_tokenizer(tokenizer_path if tokenizer_path is not None else path, model.config)
@@ -176,9 +183,10 @@ def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch
     click.echo(f"wrote {out} in {result.timings['total']:.1f} s")
 
 
-def _export_quantized(path: Path, out: Path, fmt: str, scheme: str, embedding: str, allow_quality_loss: bool,
-                      tokenizer_path: Path | None, prefill_tokens: int | None, batch: int, force: bool) -> None:
-    """``export --quantize``: the checkpoint quantized as it is read, graphs, checks, quality report, OUT."""
+def _export_quantized(path: Path, out: Path, fmt: str, scheme: str, opts_kw: dict, tokenizer_path: Path | None,
+                      prefill_tokens: int | None, batch: int, force: bool) -> None:
+    """``export --quantize``: the checkpoint quantized as it is read, graphs, checks, quality report, OUT.
+    ``opts_kw``: the ``QuantizeOptions`` fields the command sets (embedding, quality gate and report)."""
     from xlstm_edge.quant.cli import format_report
     from xlstm_edge.quant.handler import QuantizationError
     from xlstm_edge.quant.package import QuantizeOptions, quantize_checkpoint
@@ -194,8 +202,8 @@ def _export_quantized(path: Path, out: Path, fmt: str, scheme: str, embedding: s
     tokenizer = load_tokenizer(tokenizer_path if tokenizer_path is not None else path,
                                _config_of(path))
     click.echo(f"exporting {path} ({info['num_params']:,} parameters) to {fmt}, {scheme} "
-               f"(embedding {embedding}), quantized as it is read", err=True)
-    opts = QuantizeOptions(scheme=scheme, embedding=embedding, allow_quality_loss=allow_quality_loss)
+               f"(embedding {opts_kw['embedding']}), quantized as it is read", err=True)
+    opts = QuantizeOptions(scheme=scheme, **opts_kw)
     staging = staging_dir(out)
     try:
         with quiet_exporters():

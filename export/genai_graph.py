@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from xlstm_edge.config import xLSTMConfig
-from xlstm_edge.model import mLSTMBlock, mLSTMLayer, sLSTMLayer, xLSTMForCausalLM
+from xlstm_edge.model import mLSTMLayer, sLSTMLayer, xLSTMForCausalLM
 
 from .graph_math import logsigmoid
 from .graph_model import ExportLM, check_supported
@@ -83,16 +83,16 @@ class GenAIModule(ExportLM):
     def forward(self, input_ids: Tensor, *past: Tensor) -> tuple[Tensor, ...]:
         m = self.model
         x = m.backbone.embeddings(input_ids)  # (B, T, D)
-        present: list[Tensor] = []
-        for idx, block in enumerate(m.backbone.blocks):
-            conv, rec = past[2 * idx], past[2 * idx + 1]
-            if isinstance(block, mLSTMBlock):
-                y, conv, rec = self._mlstm_seq(block.mlstm_layer, self._rms(block.norm_mlstm, x), conv, rec)
-            else:
-                y, conv, rec = self._slstm_seq(block.slstm_layer, self._rms(block.norm_slstm, x), conv, rec)
-            x = x + y
-            x = x + self._ffn(block.ffn, self._rms(block.norm_ffn, x))
-            present += [conv, rec]
+        slots = [(past[2 * idx], past[2 * idx + 1]) for idx in range(len(past) // 2)]  # (conv, rec) per layer
+
+        def cell(seq):
+            def run(layer, h: Tensor, slot: tuple[Tensor, Tensor]):
+                y, conv, rec = seq(layer, h, *slot)
+                return y, (conv, rec)
+            return run
+
+        x, new_slots = self.residual_stack(x, slots, cell(self._mlstm_seq), cell(self._slstm_seq))
+        present = [t for slot in new_slots for t in slot]
         return (self._logits(x[:, -1:]), *present)  # (B, 1, V)
 
     # ---- mLSTM: parallel form from the initial state --------------------------------------------

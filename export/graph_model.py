@@ -69,15 +69,7 @@ class ExportLM(nn.Module):
         x = m.backbone.embeddings(input_ids)  # (B, 1, D)
         if self.flat_step:
             x = x.view(x.shape[0], -1)  # (B, D)
-        new_state: State = []
-        for idx, block in enumerate(m.backbone.blocks):
-            if isinstance(block, mLSTMBlock):
-                y, s = self._mlstm_step(block.mlstm_layer, self._rms(block.norm_mlstm, x), state[idx])
-            else:
-                y, s = self._slstm_step(block.slstm_layer, self._rms(block.norm_slstm, x), state[idx])
-            x = x + y
-            x = x + self._ffn(block.ffn, self._rms(block.norm_ffn, x))
-            new_state.append(s)
+        x, new_state = self.residual_stack(x, state, self._mlstm_step, self._slstm_step)
         B = x.shape[0]
         return self._logits(x.view(B, -1)), new_state
 
@@ -92,19 +84,29 @@ class ExportLM(nn.Module):
         drop = 1.0 - keep
         last = (positions == (valid_length[:, None] - 1)).float()[:, None, :]  # (B, 1, T) one-hot
         x = m.backbone.embeddings(input_ids)  # (B, T, D)
-        new_state: State = []
-        for idx, block in enumerate(m.backbone.blocks):
-            if isinstance(block, mLSTMBlock):
-                y, s = self._mlstm_prefill(block.mlstm_layer, self._rms(block.norm_mlstm, x), state[idx], keep, drop)
-            else:
-                y, s = self._slstm_prefill(
-                    block.slstm_layer, self._rms(block.norm_slstm, x), state[idx], keep, drop, valid_length
-                )
-            x = x + y
-            x = x + self._ffn(block.ffn, self._rms(block.norm_ffn, x))
-            new_state.append(s)
+        x, new_state = self.residual_stack(
+            x, state,
+            lambda layer, h, s: self._mlstm_prefill(layer, h, s, keep, drop),
+            lambda layer, h, s: self._slstm_prefill(layer, h, s, keep, drop, valid_length),
+        )
         x_last = torch.bmm(last, x).view(B, -1)  # (B, D): exact selection of row valid_length - 1
         return self._logits(x_last), new_state
+
+    def residual_stack(self, x: Tensor, states: list, mlstm, slstm) -> tuple[Tensor, list]:
+        """The blocks over the residual stream x (B, ..., D): per block, x += cell(norm(x)), then
+        x += ffn(norm(x)). ``mlstm`` / ``slstm`` (layer, normed x, the block's entry of ``states``) ->
+        (y like x, the block's new entry): each graph's own form of the cell (step, chunkwise prefill,
+        dynamic T, GenAI slots) and of its state. Returns (x, the new entries in block order)."""
+        new_states = []
+        for idx, block in enumerate(self.model.backbone.blocks):
+            if isinstance(block, mLSTMBlock):
+                y, s = mlstm(block.mlstm_layer, self._rms(block.norm_mlstm, x), states[idx])
+            else:
+                y, s = slstm(block.slstm_layer, self._rms(block.norm_slstm, x), states[idx])
+            x = x + y
+            x = x + self._ffn(block.ffn, self._rms(block.norm_ffn, x))
+            new_states.append(s)
+        return x, new_states
 
     def _logits(self, x: Tensor) -> Tensor:
         """x (B, D) -> soft-capped logits (B, V)."""

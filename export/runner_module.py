@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from xlstm_edge.model import mLSTMBlock, xLSTMForCausalLM
+from xlstm_edge.model import xLSTMForCausalLM
 from xlstm_edge.state import State, state_spec
 
 from .graph_math import blend, cat, logsigmoid
@@ -75,15 +75,7 @@ class DynamicLM(ExportLM):
         m = self.model
         T = input_ids.shape[1]
         x = m.backbone.embeddings(input_ids)  # (1, T, D)
-        new_state: State = []
-        for idx, block in enumerate(m.backbone.blocks):
-            if isinstance(block, mLSTMBlock):
-                y, s = self._mlstm_dynamic(block.mlstm_layer, self._rms(block.norm_mlstm, x), state[idx])
-            else:
-                y, s = self._slstm_dynamic(block.slstm_layer, self._rms(block.norm_slstm, x), state[idx])
-            x = x + y
-            x = x + self._ffn(block.ffn, self._rms(block.norm_ffn, x))
-            new_state.append(s)
+        x, new_state = self.residual_stack(x, state, self._mlstm_dynamic, self._slstm_dynamic)
         x_last = x.narrow(1, T - 1, 1).reshape(1, -1)  # (1, D)
         return self._logits(x_last), new_state
 
