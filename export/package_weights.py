@@ -31,11 +31,11 @@ def _find(stored, locations: dict[bytes, dict[str, Any]]) -> list[dict[str, Any]
     return None
 
 
-def stored_lengths(model) -> set[int]:
-    """The byte lengths in which ``weights_index`` looks for each float32 parameter of ``model``: whole, in
-    4 slices of dim 0, or row by row (``_find``)."""
+def stored_lengths(params) -> set[int]:
+    """The byte lengths in which ``weights_index`` looks for each of the float32 tensors ``params``: whole,
+    in 4 slices of dim 0, or row by row (``_find``)."""
     lengths: set[int] = set()
-    for p in model.parameters():
+    for p in params:
         rows = p.shape[0] if p.dim() else 1
         for parts in (1, 4, rows):
             if parts >= 1 and rows % parts == 0:

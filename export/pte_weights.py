@@ -41,10 +41,10 @@ def read_program(path: Path) -> tuple[Any, int]:
     return _flatbuffer_to_program(flatbuffer), header.segment_base_offset
 
 
-def pte_locations(path: Path, lengths: set[int]) -> dict[bytes, dict[str, Any]]:
+def pte_locations(path: Path, lengths: set[int] | None = None) -> dict[bytes, dict[str, Any]]:
     """sha256 of a stored tensor's bytes -> {"offset", "length"} (absolute, in ``path``): every named-data
-    segment whole, and each constant-segment entry's first ``L`` bytes for each ``L`` in ``lengths`` that
-    fits (entries record their start only; the gap to the next one may hold padding)."""
+    segment whole and, for each ``L`` in ``lengths`` (None: none), each constant-segment entry's first ``L``
+    bytes where they fit (entries record their start only; the gap to the next one may hold padding)."""
     program, base = read_program(Path(path))
     segments = [(base + s.offset, s.size) for s in program.segments]
     size = Path(path).stat().st_size
@@ -58,7 +58,7 @@ def pte_locations(path: Path, lengths: set[int]) -> dict[bytes, dict[str, Any]]:
                 off, n = segments[entry.segment_index]
                 found.setdefault(hashlib.sha256(view[off : off + n]).digest(), {"offset": off, "length": n})
             constants = program.constant_segment
-            if constants is not None and constants.offsets:
+            if lengths and constants is not None and constants.offsets:
                 seg_off, seg_size = segments[constants.segment_index]
                 ends = [*constants.offsets[1:], seg_size]
                 for start, end in zip(constants.offsets, ends, strict=True):
@@ -71,7 +71,15 @@ def pte_locations(path: Path, lengths: set[int]) -> dict[bytes, dict[str, Any]]:
 
 
 def pte_weights_index(model, path: Path) -> dict[str, Any]:
-    """The manifest's weights index (``package_weights.weights_index``) of ``model`` in the .pte ``path``."""
+    """The manifest's weights index (``package_weights.weights_index``) of ``model`` in the .pte ``path``:
+    looked up in the named data first (exact segments), then, for the parameters not found there (the
+    portable kernels' constants: an embedding table), in the constant segment at their lengths only."""
     from .package_weights import stored_lengths, weights_index
 
-    return weights_index(model, pte_locations(path, stored_lengths(model)), file=Path(path).name)
+    name = Path(path).name
+    index = weights_index(model, pte_locations(path), file=name)
+    if not index["missing"]:
+        return index
+    missing = set(index["missing"])
+    lengths = stored_lengths(p for n, p in model.named_parameters() if n in missing)
+    return weights_index(model, pte_locations(path, lengths), file=name)
