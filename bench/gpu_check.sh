@@ -17,15 +17,9 @@ OUT=${OUT:-/tmp/kernels_out}
 STAGES=${STAGES:-precision tests memcheck train bench}
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW, $XLSTM_SHADOW)
 LOG="$OUT/gpu_check.log"
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 {
-    date -u
-    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv
-    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+    machine_header
     echo "import xlstm_edge.kernels.mlstm_chunkwise as m; print('kernels from', m.__file__)" >"$SHADOW/where.py"
     python3 "$SHADOW/where.py"
     echo "stages: $STAGES"

@@ -12,14 +12,8 @@
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 MEASURE_STAGES=${MEASURE_STAGES:-ncu time verify}
 has() { [[ " $MEASURE_STAGES " == *" $1 "* ]]; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
 {
-    date -u
-    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv
-    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+    machine_header
     git rev-parse HEAD 2>/dev/null || true
 } 2>&1 | tee "$OUT/measure.log"
 if has ncu; then
@@ -30,10 +24,5 @@ if has time; then
     timeout 60 python3 bench/time_fwdbwd.py --label "ours (keep_states)" --config '{"keep_states": true}' 2>&1 | tee -a "$OUT/measure.log"
 fi
 if has verify; then
-    (OUT=$OUT STAGES=tests timeout "${TESTS_TIMEOUT:-330}" bash bench/gpu_check.sh >/dev/null 2>&1; echo "tests exit $?" >/tmp/tests_rc) &
-    p1=$!
-    (OUT=$OUT MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-380} bash bench/gpu_memcheck.sh >/tmp/memcheck_summary 2>&1) &
-    p2=$!
-    wait $p1 $p2
-    { cat /tmp/tests_rc /tmp/memcheck_summary; grep -E "passed|failed|^FAILED|rror" "$OUT/gpu_tests.log" | tail -n 12; } 2>&1 | tee -a "$OUT/measure.log"
+    { tests_beside_memcheck "${TESTS_TIMEOUT:-330}" "${MEMCHECK_TIMEOUT:-380}"; grep -E "passed|failed|^FAILED|rror" "$OUT/gpu_tests.log" | tail -n 12; } 2>&1 | tee -a "$OUT/measure.log"
 fi

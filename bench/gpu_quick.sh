@@ -4,10 +4,6 @@
 # at $AB_BASE (with NX-AI limit_chunk from .whl/). Run from the repository root on the GPU machine:
 #     OUT=/tmp/out AB_BASE=/path/to/old/checkout bash bench/gpu_quick.sh
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.total --format=csv 2>&1 | tee "$OUT/quick.log"
 echo "16-bit launch override: ${XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT:-none}" | tee -a "$OUT/quick.log"
 cat >"$SHADOW/run_gpu_tests.py" <<'PY'

@@ -12,14 +12,8 @@
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 TUNE_STAGES=${TUNE_STAGES:-compile tune ab verify}
 has() { [[ " $TUNE_STAGES " == *" $1 "* ]]; }
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
-        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
 {
-    date -u
-    nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.total --format=csv
-    python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+    machine_header
 } 2>&1 | tee "$OUT/tune.log"
 if has compile; then
     timeout "${COMPILE_TIMEOUT:-150}" python3 bench/tune_chunkwise.py --compile-only ${TUNE_ARGS:-} 2>&1 | tee -a "$OUT/tune.log"
@@ -40,11 +34,6 @@ if has ab; then
     [ -n "${AB_NEW-1}" ] && timeout 100 python3 bench/time_fwdbwd.py --label "new${XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT:+ (tuned)}" ${AB_ARGS:-} 2>&1 | tee -a "$OUT/ab.log"
 fi
 if has verify; then
-    (OUT=$OUT STAGES=tests timeout "${TESTS_TIMEOUT:-280}" bash bench/gpu_check.sh >/dev/null 2>&1; echo "tests exit $?" >/tmp/tests_rc) &
-    p1=$!
-    (OUT=$OUT MEMCHECK_TIMEOUT=${MEMCHECK_TIMEOUT:-280} bash bench/gpu_memcheck.sh >/tmp/memcheck_summary 2>&1) &
-    p2=$!
-    wait $p1 $p2
-    cat /tmp/tests_rc /tmp/memcheck_summary
+    tests_beside_memcheck "${TESTS_TIMEOUT:-280}" "${MEMCHECK_TIMEOUT:-280}"
     grep -E "passed|failed|^FAILED|Error|chunkwise torch.bfloat16 S=1" "$OUT/gpu_tests.log" | tail -n 30
 fi
