@@ -40,8 +40,9 @@ SHAPES = {
     "1.4b": dict(preset="7b", hidden_size=2048, num_hidden_layers=24, num_heads=4),
     "7b": dict(preset="7b"),
 }
-# quantized pipeline: "[  149 s] stage ... (previous stage: peak RSS 1.23 GiB)"
-STAGE = re.compile(r"^\[\s*(\d+) s\] (.+?)(?: \.\.\.)?(?: \(previous stage: peak RSS ([\d.]+) GiB\))?$")
+# quantized pipeline: "[  149 s] stage ... (previous stage: peak RSS 1.23 GiB; now 0.98 GiB)"
+STAGE = re.compile(r"^\[\s*(\d+) s\] (.+?)(?: \.\.\.)?"
+                   r"(?: \(previous stage: peak RSS ([\d.]+) GiB(?:; now ([\d.]+) GiB)?\))?$")
 FLOAT_STAGE = re.compile(r"\(([^()]+): ([\d.]+) s, peak RSS ([\d.]+) GiB\)")  # float export: "(stage: 1.2 s, peak RSS 0.9 GiB)"
 
 
@@ -86,9 +87,10 @@ def run_export(ckpt: Path, out: Path, fmt: str, scheme: str | None, eval_tokens:
     for line in err.splitlines():
         m = STAGE.match(line)
         if m:
-            if last is not None:
-                stages.append(f"{last[1]} {int(m[1]) - last[0]} s / {m[3] or '?'} GiB")
-            last = (int(m[1]), m[2])
+            if last is not None:  # the stage's time / its peak (the resident set it started from)
+                start = f" (from {last[2]})" if last[2] else ""
+                stages.append(f"{last[1]} {int(m[1]) - last[0]} s / {m[3] or '?'} GiB{start}")
+            last = (int(m[1]), m[2], m[4])
         for name, secs, gib in FLOAT_STAGE.findall(line):
             stages.append(f"{name} {float(secs):.0f} s / {float(gib):.1f} GiB")
     if last is not None and last[1] != "done":

@@ -56,6 +56,9 @@ class StageLog:
         self.sampler = PeakSampler()
 
     def _elapsed(self) -> str:
+        from xlstm_edge.memory import release_freed
+
+        release_freed()  # the stage before's garbage is not the next stage's peak
         peak = self.sampler.restart()
         if self.current is None:
             return ""

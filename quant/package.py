@@ -11,7 +11,9 @@ Both end in ``quantize_source(WeightSource, manifest layout, out, opts)``:
    must reproduce them (``check_source``, against the streamed float32 model)
 2. the tight parity check first (same quantization as eager int8, median call to float32 noise), on
    graphs exported from the model's probe (first block of each kind, norm weights off their stored
-   grid, read from the same source: see ``probe`` for why), so that a lowering bug fails in minutes
+   grid, read from the same source: see ``probe`` for why), so that a lowering bug fails in minutes; a
+   model that is its own probe (one block of each kind, norm weights off the grid) on its own graphs,
+   right after they are exported (step 3)
 3. ``handler.load_quantized``: each weight quantized as it is read, never a float copy of the whole
    model; export the graphs the manifest lays out (file names, methods, prefill length, batch); inspect
    every graph (state I/O float32); the package's own graphs against eager int8 within a bound that lets
@@ -26,7 +28,6 @@ Each stage's log line carries the resident peak of the stage before it.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import shutil
 import time
@@ -46,7 +47,7 @@ from xlstm_edge.state import state_spec
 from xlstm_edge.weights import CheckpointWeights, WeightSource
 
 from .handler import SCHEMES, QuantizationError, check_scheme, load_quantized
-from .probe import NORM_JITTER, ProbeWeights, describe, needs_probe, probe_blocks
+from .probe import NORM_JITTER, ProbeWeights, describe, is_own_probe, needs_probe, probe_blocks
 from .quality import EvalTextError, compare_eval, eval_ids, greedy_compare, zero_state
 from .verify import (
     TIGHT_MAX_REL_ERR,
@@ -442,19 +443,20 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
     carried over. ``write_files(tmp)`` puts the tokenizer (and its companions) into the package.
     The float32 model is never held whole: quality and greedy agreement stream it block by block.
     """
-    from xlstm_edge.memory import PeakSampler
+    from xlstm_edge.memory import PeakSampler, release_freed, rss_bytes
 
     out = Path(out)
     t0 = time.perf_counter() if t0 is None else t0
     sampler = PeakSampler()
 
     def log_t(msg: str) -> None:
-        """``[elapsed] stage ...`` with the resident peak of the stage before (sampled). Collects the
-        garbage of the stage before first: exporters leave cycles of large objects behind (an
-        ExecuTorch lowering's programs), which would otherwise live on into the next stage."""
-        gc.collect()
-        peak = sampler.restart()
-        before = f" (previous stage: peak RSS {peak / 2**30:.2f} GiB)" if peak else ""
+        """``[elapsed] stage ...`` with the resident peak of the stage before (sampled) and the resident
+        set it starts from. Releases the stage before's garbage first (``release_freed``: exporters
+        leave cycles of large objects, and malloc keeps freed pages), which would otherwise live on
+        into the next stage."""
+        release_freed()
+        peak, now = sampler.restart(), rss_bytes()
+        before = f" (previous stage: peak RSS {peak / 2**30:.2f} GiB; now {now / 2**30:.2f} GiB)" if peak and now else ""
         log(f"[{time.perf_counter() - t0:5.0f} s] {msg}{before}")
 
     torch.set_num_threads(opts.num_threads)
@@ -473,26 +475,33 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
             prompt = ids[:PROMPT_TOKENS]
 
         config = source.config
-        # the tight check runs on a probe for every model: its first block of each kind, norm weights off
-        # the stored grid (quant.probe: a bfloat16 grid puts activations on exact rounding ties). First:
-        # a lowering that does not compute the same quantization fails in the probe's minutes, before the
-        # whole model is quantized and exported
-        log_t(f"tight parity check on a probe of the model ({describe(config)}, norm weights jittered "
-              f"by {NORM_JITTER:g}): exporting it ...")
-        qprobe = load_quantized(ProbeWeights(source), opts.scheme, opts.embedding, backend=manifest.backend)
-        probe_dir = staging_dir(out, "probe")
-        try:
-            write_graphs(qprobe, manifest, probe_dir, runner=False)
-            tight = check_tight(probe_dir, manifest, qprobe, prompt, opts.num_threads, "probe")
-        finally:
-            shutil.rmtree(probe_dir, ignore_errors=True)
-        del qprobe
-        tight_on = {"graphs": "probe", "blocks": probe_blocks(config), "norm_jitter": NORM_JITTER}
+        # the tight check runs on a probe of the model: its first block of each kind, norm weights off the
+        # stored grid (quant.probe: a bfloat16 grid puts activations on exact rounding ties). First: a
+        # lowering that does not compute the same quantization fails in the probe's minutes, before the
+        # whole model is quantized and exported. A model that is its own probe is checked on its graphs.
+        own_probe = is_own_probe(source)
+        if not own_probe:
+            log_t(f"tight parity check on a probe of the model ({describe(config)}, norm weights jittered "
+                  f"by {NORM_JITTER:g}): exporting it ...")
+            qprobe = load_quantized(ProbeWeights(source), opts.scheme, opts.embedding, backend=manifest.backend)
+            probe_dir = staging_dir(out, "probe")
+            try:
+                write_graphs(qprobe, manifest, probe_dir, runner=False)
+                tight = check_tight(probe_dir, manifest, qprobe, prompt, opts.num_threads, "probe")
+            finally:
+                shutil.rmtree(probe_dir, ignore_errors=True)
+            del qprobe
+            tight_on = {"graphs": "probe", "blocks": probe_blocks(config), "norm_jitter": NORM_JITTER}
 
         log_t(f"reading and quantizing the weights ({opts.scheme}, embedding {opts.embedding}) ...")
         qmodel = load_quantized(source, opts.scheme, opts.embedding, backend=manifest.backend)
         log_t(f"exporting {opts.scheme} graphs for {manifest.backend} ...")
         graph_facts, graphs = write_graphs(qmodel, manifest, tmp, genai=manifest.backend == "onnxruntime")
+        if own_probe:
+            log_t(f"tight parity check on the package's graphs (the model is its own probe: "
+                  f"{describe(config)}, norm weights off the bfloat16 grid) ...")
+            tight = check_tight(tmp, manifest, qmodel, prompt, opts.num_threads, "package")
+            tight_on = {"graphs": "package", "blocks": probe_blocks(config), "norm_jitter": 0.0}
 
         log_t("checking the package's prefill graph against eager PyTorch int8 ...")
         parity: dict[str, Any] = {"tight": {**tight_on, **tight}}

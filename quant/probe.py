@@ -56,6 +56,28 @@ def needs_probe(config) -> bool:
     return config.num_hidden_layers > PROBE_ABOVE_BLOCKS
 
 
+ON_GRID_SHARE = 0.01  # a model is its own probe only while at most this share of each norm weight is on the grid
+
+
+def on_bfloat16_grid(weight: torch.Tensor) -> float:
+    """The share of ``weight``'s values that bfloat16 holds exactly (1.0 for a bfloat16 checkpoint or an
+    untrained model's ones; ~2^-16 for trained float32 values)."""
+    w = weight.float()
+    return float((w.to(torch.bfloat16).float() == w).double().mean())
+
+
+def is_own_probe(source: WeightSource) -> bool:
+    """Whether the model needs no probe: every block is the first of its kind (the probe would have the
+    same blocks) and no norm weight sits on the bfloat16 grid (what the probe's jitter is for: at most
+    ``ON_GRID_SHARE`` of its values exact in bfloat16). Then the tight check runs on the package's own
+    graphs, and the probe's export (as long as the package's) is saved."""
+    config = source.config
+    if len(probe_blocks(config)) != config.num_hidden_layers:
+        return False
+    return all(on_bfloat16_grid(source.read(name, torch.float32)) <= ON_GRID_SHARE
+               for name in source.names() if is_norm_weight(name))
+
+
 def probe_config(config: xLSTMConfig) -> xLSTMConfig:
     """The probe's config: ``probe_blocks`` only, renumbered."""
     keep = probe_blocks(config)

@@ -14,6 +14,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1) // WORKERS))
 # the session fixtures that export or quantize (minutes each): every module that uses one runs on one
 # xdist worker, so that each is built once (``pytest_collection_modifyitems``)
 SESSION_BUILDS = ("ort_built", "et_built", "exported_packages")
+# the groups that take longest on one core, longest first (seconds measured in a 2-worker run, 2026-12-07):
+# ``make test`` passes ``--no-loadscope-reorder``, so pytest-xdist hands the groups out in collection order
+# and these start first (by default it orders groups by their number of tests: the one-test memory-bound
+# export came last and ran alone for its five minutes at the end)
+HEAVY_FIRST = (
+    "et_built",  # ExecuTorch float32, int8 and int4 packages, the stock-runner tests: ~850
+    "ort_built",  # ONNX float32, three quantized packages, GenAI and probe tests: ~800
+    "tests/export/test_memory_bound.py",  # a 250 M float32 export in a subprocess: ~300
+    "tests/export/test_parity_bound.py",  # transformers checkpoints exported to both formats: ~330
+    "exported_packages",  # tiny-ms in both formats, the runtime tests on them: ~320
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups into the node ids
@@ -26,9 +37,13 @@ def pytest_collection_modifyitems(config, items) -> None:
         build = next((name for name in SESSION_BUILDS if name in item.fixturenames), None)
         if build is not None and module not in by_module:
             by_module[module] = build
+    group_of = {}
     for item in items:
         module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(by_module.get(module, module)))
+        group_of[item.nodeid] = by_module.get(module, module)
+        item.add_marker(pytest.mark.xdist_group(group_of[item.nodeid]))
+    rank = {group: i for i, group in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(group_of[item.nodeid], len(rank)))  # stable: the rest keep their order
 
 
 def pytest_collection_finish(session) -> None:

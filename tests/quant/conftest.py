@@ -80,9 +80,9 @@ class Built:
 
 
 def build_ort(tmp_path_factory) -> Built:
-    """ONNX Runtime: float32 package of ``ms_model``; int8-weight (embedding fp32), int8-dynamic
-    (embedding int8) and int4-dynamic (embedding fp32) packages (the session fixture ``ort_built`` of
-    tests/conftest.py: the quantization and the GenAI tests share it)."""
+    """ONNX Runtime: float32 package of ``ms_model`` (its own probe, as ``build_et``'s); int8-weight
+    (embedding fp32), int8-dynamic (embedding int8) and int4-dynamic (embedding fp32) packages (the session
+    fixture ``ort_built`` of tests/conftest.py: the quantization and the GenAI tests share it)."""
     root = tmp_path_factory.mktemp("quant-ort")
     model = ms_model()
     ckpt = write_checkpoint(model, root / "ckpt")
@@ -93,7 +93,8 @@ def build_ort(tmp_path_factory) -> Built:
 
 
 def build_et(tmp_path_factory) -> Built:
-    """ExecuTorch: float32 package of ``ms_model`` (an mLSTM then an sLSTM block); its int8-dynamic
+    """ExecuTorch: float32 package of ``ms_model`` (an mLSTM then an sLSTM block, float32 norm weights:
+    the model is its own probe, whose export would cost as much as the package's); its int8-dynamic
     (embedding int8) and int4-dynamic (embedding fp32) packages (the session fixture ``et_built`` of
     tests/conftest.py: the quantization tests and those of ExecuTorch's stock runner share them)."""
     root = tmp_path_factory.mktemp("quant-et")

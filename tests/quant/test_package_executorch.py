@@ -40,6 +40,10 @@ def test_manifest_and_lowering(et_built, key):
         assert "none feeds a quantize op" in facts["state_in_graph"]
         assert facts["state_io"].endswith("all float32")
     assert q["quality"]["size"]["quantized_bytes"] < q["quality"]["size"]["fp32_bytes"]
+    tight = manifest.parity["int8"]["tight"]  # its own probe (quant.probe.is_own_probe): the program itself
+    assert tight["graphs"] == "package" and tight["blocks"] == [0, 1]
+    assert tight["step_vs_eager_int8"]["median_rel_err"] < 1e-4
+    assert tight["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from xlstm_edge.export.metadata import read_manifest
 from xlstm_edge.quant import package as package_module
 from xlstm_edge.quant.handler import QuantizationError
-from xlstm_edge.quant.probe import NORM_JITTER, is_norm_weight, needs_probe, probe_blocks, probe_model
+from xlstm_edge.quant.probe import (
+    NORM_JITTER,
+    is_norm_weight,
+    is_own_probe,
+    needs_probe,
+    probe_blocks,
+    probe_model,
+)
 
 from tests.conftest import rel_err
-from tests.quant.conftest import make_model, quantize
+from tests.quant.conftest import (
+    EVAL_TOKENS,
+    GREEDY_TOKENS,
+    PREFILL_TOKENS,
+    make_model,
+    quantize,
+    write_checkpoint,
+)
+from xlstm_edge.weights import ModelWeights
 
 
 def deep_model():
@@ -68,33 +84,73 @@ def test_probe_norm_weights_leave_the_stored_grid_and_nothing_else_changes():
         assert not torch.equal(value.bfloat16().float(), value), f"{name} still on the bfloat16 grid"
 
 
-@pytest.mark.parametrize("key", [("int8-weight", "fp32"), ("int8-dynamic", "int8"), ("int4-dynamic", "fp32")])
-def test_probe_path_is_checked_and_recorded(ort_built, key):
-    """The session's quantized packages of the 2-block test model went through the probe path (every
-    quantized export checks its probe: here the whole model, norm weights jittered)."""
-    parity = read_manifest(ort_built.int8[key].out).parity["int8"]
+def quantize_deep(checkpoint: Path, out: Path):
+    """``export CKPT OUT --quantize int8-dynamic --embedding int8`` (ONNX): no float package is written."""
+    from xlstm_edge.quant.package import QuantizeOptions, quantize_checkpoint
+
+    from xlstm_edge.tokenizer import byte_tokenizer
+
+    opts = QuantizeOptions(scheme="int8-dynamic", embedding="int8", eval_tokens=EVAL_TOKENS,
+                           greedy_tokens=GREEDY_TOKENS, allow_quality_loss=True)
+    return quantize_checkpoint(checkpoint, out, "onnx", opts, tokenizer=byte_tokenizer(), prefill_tokens=PREFILL_TOKENS,
+                               log=lambda msg: None)
+
+
+@pytest.fixture(scope="module")
+def deep_built(tmp_path_factory) -> tuple[Path, Path]:
+    """``deep_model``'s checkpoint and its int8-dynamic ONNX package (int8 embedding): a model whose tight
+    check runs on its probe."""
+    root = tmp_path_factory.mktemp("deep")
+    checkpoint = write_checkpoint(deep_model(), root / "ckpt")
+    return checkpoint, quantize_deep(checkpoint, root / "int8").out
+
+
+def test_probe_path_is_checked_and_recorded(deep_built):
+    """A deep model's quantized package went through the probe path: blocks 0 and 1, norm weights
+    jittered, the probe's graphs exported, checked and removed."""
+    checkpoint, quantized = deep_built
+    parity = read_manifest(quantized).parity["int8"]
     assert parity["tight"]["graphs"] == "probe" and parity["tight"]["blocks"] == [0, 1]
     assert parity["tight"]["norm_jitter"] == NORM_JITTER
     assert parity["tight"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
     assert parity["tight"]["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
-    made_beside = sorted(p.name for p in ort_built.package.parent.iterdir())
-    assert made_beside == ["ckpt", "fp32", "int4-dynamic-fp32", "int8-dynamic-int8", "int8-weight-fp32"], (
-        "the probe's graphs are removed", made_beside)
+    made_beside = sorted(p.name for p in checkpoint.parent.iterdir())
+    assert made_beside == ["ckpt", "int8"], ("the probe's graphs are removed", made_beside)
 
 
-def test_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_path, monkeypatch):
-    """A systematic 1e-3 difference (within the loose bound on the package's own graphs) is refused,
-    the message naming the probe's graph, and nothing is left behind."""
+def test_a_model_is_its_own_probe_with_one_block_of_each_kind_and_norms_off_the_grid():
+    """Only when the probe would have the model's blocks and the jitter has nothing to move."""
+    model = make_model("tiny-ms", 3, num_hidden_layers=2, hidden_size=32, chunk_size=8, slstm_at=[1])
+    assert is_own_probe(ModelWeights(model))  # randomized float32 norm weights
+    assert not is_own_probe(ModelWeights(deep_model()))  # blocks 2 and 3 are not in the probe
+    with torch.no_grad():
+        model.backbone.blocks[1].norm_slstm.weight.copy_(model.backbone.blocks[1].norm_slstm.weight.bfloat16())
+    assert not is_own_probe(ModelWeights(model))  # one norm on the bfloat16 grid: the probe's jitter is needed
 
-    class Off(package_module.EagerGraph):  # the eager int8 reference, off by 1e-3; float32 as it is
-        def __init__(self, model, *args):
-            super().__init__(model, *args)
-            self.factor = 1 + 1e-3 if hasattr(model, "quant_plan") else 1.0
 
-        def run(self, inputs):
-            return [t * self.factor for t in super().run(inputs)]
+class Off(package_module.EagerGraph):
+    """The eager int8 reference, off by 1e-3 (within the loose bound on the package's own graphs); the
+    float32 reference as it is."""
 
+    def __init__(self, model, *args):
+        super().__init__(model, *args)
+        self.factor = 1 + 1e-3 if hasattr(model, "quant_plan") else 1.0
+
+    def run(self, inputs):
+        return [t * self.factor for t in super().run(inputs)]
+
+
+def test_probe_refuses_a_graph_that_is_not_the_same_quantization(deep_built, tmp_path, monkeypatch):
+    """A systematic 1e-3 difference is refused, the message naming the probe's graph, nothing left behind."""
     monkeypatch.setattr(package_module, "EagerGraph", Off)
     with pytest.raises(QuantizationError, match=r"graph \(probe"):
+        quantize_deep(deep_built[0], tmp_path / "off")
+    assert not list(tmp_path.iterdir())
+
+
+def test_own_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_path, monkeypatch):
+    """The same on a model that is its own probe: the tight check runs on the package's graphs."""
+    monkeypatch.setattr(package_module, "EagerGraph", Off)
+    with pytest.raises(QuantizationError, match=r"graph \(package"):
         quantize(ort_built.package, tmp_path / "off", "int8-dynamic")
     assert not list(tmp_path.iterdir())
