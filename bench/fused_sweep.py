@@ -48,7 +48,7 @@ def main() -> None:
     del a
     print(f"{dev}: measured bf16 matmul peak {peak:.0f} TFLOP/s", flush=True)
     torch.manual_seed(0)
-    leaves, grad = inputs(args.shape)
+    leaves, _ = inputs(args.shape)
     base = mc.ChunkwiseConfig(fused_forward=False)
     with torch.no_grad():
         h0 = mc.mlstm_chunkwise_triton(*leaves, config=base)[0]
@@ -71,7 +71,8 @@ def main() -> None:
         if ok and (best is None or t < best[0]):
             best = (t, bv, w, st)
     print(f"BEST {best}", flush=True)
-    del leaves, grad, h0
+    leaves = None
+    h0 = None
     configs = {"two-kernel": base, "two-kernel keep_states": mc.ChunkwiseConfig(fused_forward=False, keep_states=True)}
     if best is not None:
         _, bv, w, st = best
@@ -90,7 +91,7 @@ def main() -> None:
     for shape in args.shapes.split(","):
         B, NH, S, DQK, DV = (int(x) for x in shape.split("x"))
         torch.manual_seed(0)
-        leaves, grad = inputs(shape)
+        lv, gr = inputs(shape)
         th = B * S * NH
         L = 64
         flops = th * (4 * DQK * DV + 2 * L * (DQK + DV)) + th * (10 * DQK * DV + 2 * L * (3 * DQK + 2 * DV))
@@ -98,16 +99,16 @@ def main() -> None:
             if name.startswith("NX-AI") and shape != args.shape:
                 continue
             with torch.no_grad():
-                fwd = bench(lambda run=run: run(*leaves))
+                fwd = bench(lambda run=run, lv=lv: run(*lv))
 
-            def step(run=run):
-                run(*leaves).backward(grad)
+            def step(run=run, lv=lv, gr=gr):
+                run(*lv).backward(gr)
 
-            fb = bench(step, grad_to_none=leaves)
+            fb = bench(step, grad_to_none=lv)
             r = flops / fb / 1e9
             print(f"TIME {name} {shape} {dev}: fwd {fwd:.3f} ms, fwd+bwd {fb:.3f} ms ({r:.0f} TFLOP/s, "
                   f"{100 * r / peak:.1f}% of {peak:.0f})", flush=True)  # fmt: skip
-        del leaves, grad
+        del lv, gr
 
 
 if __name__ == "__main__":
