@@ -12,6 +12,8 @@ Prints "SWEEP bv warps stages: fwd ms, rel err vs two-kernel h" lines, then "TIM
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
 import torch
 import triton
@@ -35,13 +37,33 @@ def rel(a, b) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def one(shape: str, spec: str) -> None:
+    """Time the two-kernel forward and one fused launch; print "RESULT bv warps stages ms err"."""
+    torch.manual_seed(0)
+    leaves, _ = inputs(shape)
+    base = mc.ChunkwiseConfig(fused_forward=False)
+    bv, w, st = (int(x) for x in spec.split(":"))
+    cfg = mc.ChunkwiseConfig(fused_forward=True, block_v_fused=bv, num_warps_fused=w, num_stages_fused=st)
+    with torch.no_grad():
+        h0 = mc.mlstm_chunkwise_triton(*leaves, config=base)[0]
+        h = mc.mlstm_chunkwise_triton(*leaves, config=cfg)[0]
+        torch.cuda.synchronize()
+        err = rel(h, h0)
+        t = bench(lambda: mc.mlstm_chunkwise_triton(*leaves, config=cfg))
+    print(f"SWEEP {bv} {w} {st}: fwd {t:.3f} ms, h vs two-kernel {err:.2e}{'' if err <= 1e-2 else ' WRONG'}")
+    print(f"RESULT {bv} {w} {st} {t} {err}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="8x8x8192x256x512")
     ap.add_argument("--shapes", default="8x8x8192x256x512")
     ap.add_argument("--launches", default="32:4:1,32:4:2,32:8:2,64:4:1,64:4:2,64:8:1,64:8:2,64:8:3,128:8:1,128:8:2")
     ap.add_argument("--nxai", action="store_true")
+    ap.add_argument("--one", default="", help="bv:warps:stages: time this launch alone (a subprocess)")
     args = ap.parse_args()
+    if args.one:
+        return one(args.shape, args.one)
     dev = torch.cuda.get_device_name()
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     peak = 2 * 8192**3 / bench(lambda a=a: a @ a) / 1e9
@@ -51,28 +73,23 @@ def main() -> None:
     leaves, _ = inputs(args.shape)
     base = mc.ChunkwiseConfig(fused_forward=False)
     with torch.no_grad():
-        h0 = mc.mlstm_chunkwise_triton(*leaves, config=base)[0]
         t0 = bench(lambda: mc.mlstm_chunkwise_triton(*leaves, config=base))
     print(f"SWEEP two-kernel {args.shape}: fwd {t0:.3f} ms", flush=True)
-    best = None
-    for spec in args.launches.split(","):
-        bv, w, st = (int(x) for x in spec.split(":"))
-        cfg = mc.ChunkwiseConfig(fused_forward=True, block_v_fused=bv, num_warps_fused=w, num_stages_fused=st)
-        try:
-            with torch.no_grad():
-                h = mc.mlstm_chunkwise_triton(*leaves, config=cfg)[0]
-                err = rel(h, h0)
-                t = bench(lambda cfg=cfg: mc.mlstm_chunkwise_triton(*leaves, config=cfg))
-        except Exception as e:  # noqa: BLE001  out of resources and the like: report, go on
-            print(f"SWEEP {bv} {w} {st}: failed: {type(e).__name__}: {str(e)[:120]}", flush=True)
-            continue
-        ok = err <= 1e-2
-        print(f"SWEEP {bv} {w} {st}: fwd {t:.3f} ms, h vs two-kernel {err:.2e}{'' if ok else ' WRONG'}", flush=True)
-        if ok and (best is None or t < best[0]):
-            best = (t, bv, w, st)
-    print(f"BEST {best}", flush=True)
     leaves = None
-    h0 = None
+    best = None
+    for spec in args.launches.split(","):  # one process per launch: a faulting launch kills its context
+        run = subprocess.run(
+            [sys.executable, __file__, "--one", spec, "--shape", args.shape],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        lines = [x for x in run.stdout.splitlines() if x.startswith(("SWEEP", "RESULT"))]
+        print("\n".join(lines) or f"SWEEP {spec}: exit {run.returncode} {run.stderr[-300:]}", flush=True)
+        for x in lines:
+            if x.startswith("RESULT"):
+                _, bv, w, st, t, err = x.split()
+                if float(err) <= 1e-2 and (best is None or float(t) < best[0]):
+                    best = (float(t), int(bv), int(w), int(st))
+    print(f"BEST {best}", flush=True)
     configs = {"two-kernel": base, "two-kernel keep_states": mc.ChunkwiseConfig(fused_forward=False, keep_states=True)}
     if best is not None:
         _, bv, w, st = best
