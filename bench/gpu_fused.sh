@@ -2,7 +2,8 @@
 # One device call for the fused forward (issue 16): bench/fused_sweep.py (launch sweep at 7B heads, each
 # launch in its own process and checked against the two-kernel h, then timings with NX-AI limit_chunk
 # from .whl/), then the GPU tests selected by $TESTS_K (default "fused"; empty: none) with the sweep's
-# best launch in force (XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT) beside the same tests under memcheck.
+# best launch in force (XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT) beside the same tests under memcheck (skipped
+# when the best is LAUNCH_DEFAULTS' fused launch, unless TESTS_ALWAYS is set).
 #     OUT=/tmp/out bash bench/gpu_fused.sh
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 machine_header 2>&1 | tee "$OUT/fused.log"
@@ -21,6 +22,10 @@ import pytest
 sys.exit(pytest.main(["-q", "-s", "-rA", "-p", "no:cacheprovider", "tests/kernels/test_gpu.py"] + sys.argv[1:]))
 PY
 K=${TESTS_K-fused}  # empty: no tests this call
+if [ "$best" = "[0,64,8,2]" ] && [ -z "${TESTS_ALWAYS:-}" ]; then
+    echo "best launch = the default fused launch, whose tests and memcheck ran before: tests skipped" | tee -a "$OUT/fused.log"
+    K=""
+fi
 if [ -n "$K" ]; then
     (timeout "${TESTS_TIMEOUT:-240}" python3 "$SHADOW/run_gpu_tests.py" -k "$K" >"$OUT/gpu_tests.log" 2>&1; echo "gpu tests exit $?" >"$OUT/tests_rc") &
     p1=$!
