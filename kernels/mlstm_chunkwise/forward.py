@@ -56,6 +56,12 @@ class ChunkwiseConfig:
     backward at the cost of Cs's memory until the backward, B * NH * ceil(S / L) * DQK * DV elements in
     q's dtype (xLSTM 7B heads, B 8, S 8192, L 64: 2.1 GB a layer; the `small` preset at 16 x 2048:
     75 MB a layer). The saved states are the recomputed ones bit for bit (same kernel, same launch).
+    fused_forward: one kernel for the whole forward (`_fwd_fused_kernel`: each program owns a DV tile
+    of one head and walks the chunks carrying C in registers, so the chunk-start states never go
+    through memory) instead of the state kernel then the output kernel; None = `use_fused_forward`'s
+    rule by dtype and shape. block_v_fused / num_warps_fused / num_stages_fused: its DV tile, warps
+    and pipelining depth (0 = LAUNCH_DEFAULTS' "fused" entry). With keep_states the fused kernel
+    also writes Cs, ns for the backward (not bit-identical to the state kernel's: other tiles).
     """
 
     block_k: int = 0
@@ -75,6 +81,10 @@ class ChunkwiseConfig:
     block_k_states_bwd: int = 0
     block_v_states_bwd: int = 0
     keep_states: bool = False
+    fused_forward: bool | None = None
+    block_v_fused: int = 0
+    num_warps_fused: int = 0
+    num_stages_fused: int = 0
 
 
 @dataclass(frozen=True)
@@ -103,14 +113,22 @@ LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
         "bwd": Launch(0, 0, 8, 2),
         "states": Launch(0, 0, 0, 2),
         "states_bwd": Launch(0, 0, 0, 2),
+        "fused": Launch(0, 32, 8, 1),
     },
     "16bit": {
         "output": Launch(64, 128, 8, 3),
         "bwd": Launch(64, 128, 8, 3),
         "states": Launch(64, 128, 4, 2),
         "states_bwd": Launch(64, 128, 4, 2),
+        "fused": Launch(0, 64, 8, 2),
     },
 }
+
+# Whether the fused forward is the default, by q's dtype (ChunkwiseConfig.fused_forward overrides).
+FUSED_FORWARD_DEFAULT: dict[str, bool] = {"float32": False, "16bit": False}
+# The fused kernel holds a (DQK padded to a power of two) x BV float32 state and L x DQK q, k tiles
+# in one program: above this DQK it is never chosen by default.
+FUSED_MAX_DQK = 256
 
 
 # A tuning hook, read once at import: XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT='{"bwd": [64, 128, 8, 3], ...}'
@@ -364,6 +382,151 @@ def _fwd_output_kernel(
             h.to(h_ptr.dtype.element_ty),
             mask=mask_t[:, None],
         )
+
+
+# One program per (DV tile, B*NH) walks the chunks in order carrying its C tile (all of DQK, padded to
+# a power of two DKP, x BV) in float32 registers, n and m beside it: each chunk's output takes the
+# inter-chunk part q C from the registers, so the chunk-start states Cs (2.1 GB at 7B heads, 65k
+# tokens, bf16) are neither written nor read back (flash-linear-attention's "fused_chunk" layout).
+# Every DV tile of a head recomputes that head's L x L scores, stabilizer and denominator (same inputs,
+# same arithmetic: equal across tiles); the first tile stores m and den. The product q C rounds C to
+# q's dtype first, as the two-kernel path does by storing Cs in q's dtype.
+@triton.jit
+def _fwd_fused_kernel(
+    q_ptr, k_ptr, v_ptr, lf_ptr, ig_ptr,
+    C0_ptr, n0_ptr, m0_ptr,
+    h_ptr, mpos_ptr, den_ptr,
+    Cs_ptr, ns_ptr, ms_ptr, Cf_ptr, nf_ptr,
+    S, NC, scale, eps,
+    L: tl.constexpr, DQK: tl.constexpr, DKP: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, STORE_STATES: tl.constexpr, DOT_PREC: tl.constexpr,
+):  # fmt: skip
+    pv = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    offs_k = tl.arange(0, DKP)
+    mask_k = offs_k < DQK
+    offs_v = pv * BV + tl.arange(0, BV)
+    offs_t = tl.arange(0, L)
+    c_tile = offs_k[:, None] * DV + offs_v[None, :]
+    if HAS_INIT:
+        C = tl.load(C0_ptr + bh * DQK * DV + c_tile, mask=mask_k[:, None], other=0.0).to(tl.float32)
+        n = tl.load(n0_ptr + bh * DQK + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        m = tl.load(m0_ptr + bh).to(tl.float32)
+    else:
+        C = tl.zeros((DKP, BV), dtype=tl.float32)
+        n = tl.zeros((DKP,), dtype=tl.float32)
+        m = tl.full((), 0.0, tl.float32)
+    causal = offs_t[:, None] >= offs_t[None, :]
+    for c in range(NC):
+        if pv == 0:
+            tl.store(ms_ptr + bh * (NC + 1) + c, m)
+        if STORE_STATES:
+            tl.store(Cs_ptr + (bh * NC + c) * DQK * DV + c_tile, C.to(Cs_ptr.dtype.element_ty), mask=mask_k[:, None])
+            if pv == 0:
+                tl.store(ns_ptr + (bh * NC + c) * DQK + offs_k, n, mask=mask_k)
+        t = c * L + offs_t
+        mask_t = t < S
+        lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
+        ig = tl.load(ig_ptr + bh * S + t, mask=mask_t, other=float("-inf"))
+        b = tl.cumsum(lf, axis=0)
+        g = tl.sum(lf, axis=0)
+        mask_tk = mask_t[:, None] & mask_k[None, :]
+        qt = tl.load(q_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_tk, other=0.0)
+        kt = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_tk, other=0.0)
+        vt = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
+
+        # output: the causal L x L part plus the inter-chunk part from the state in registers
+        scores = tl.dot(qt, tl.trans(kt), input_precision=DOT_PREC) * scale
+        qn = tl.sum(qt.to(tl.float32) * n[None, :], axis=1) * scale
+        log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
+        m_inter = b + m
+        m_pos = tl.maximum(m_inter, tl.max(log_d, axis=1))
+        p = scores * tl.exp(log_d - m_pos[:, None])
+        alpha = tl.exp(m_inter - m_pos)
+        den = tl.sum(p, axis=1) + alpha * qn
+        norm = tl.maximum(tl.abs(den), tl.exp(-m_pos)) + eps
+        if pv == 0:
+            tl.store(mpos_ptr + bh * S + t, m_pos, mask=mask_t)
+            tl.store(den_ptr + bh * S + t, den, mask=mask_t)
+        acc = tl.dot(p.to(vt.dtype), vt, input_precision=DOT_PREC)
+        qc = tl.dot(qt, C.to(qt.dtype), input_precision=DOT_PREC)
+        acc += (alpha * scale)[:, None] * qc
+        h = acc / norm[:, None]
+        tl.store(
+            h_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], h.to(h_ptr.dtype.element_ty), mask=mask_t[:, None]
+        )
+
+        # the state at the chunk's end (as _fwd_states_kernel)
+        a = g - b + ig
+        m_next = tl.maximum(g + m, tl.max(a, axis=0))
+        w = tl.exp(a - m_next)
+        decay = tl.exp(g + m - m_next)
+        kw = kt.to(tl.float32) * w[:, None]
+        upd = tl.dot(tl.trans(kw.to(kt.dtype)), vt, input_precision=DOT_PREC)
+        C = decay * C + upd
+        n = decay * n + tl.sum(kw, axis=0)
+        m = m_next
+    tl.store(Cf_ptr + bh * DQK * DV + c_tile, C, mask=mask_k[:, None])
+    if pv == 0:
+        tl.store(nf_ptr + bh * DQK + offs_k, n, mask=mask_k)
+        tl.store(ms_ptr + bh * (NC + 1) + NC, m)
+
+
+def fused_launch(dv: int, config: ChunkwiseConfig, dtype: torch.dtype) -> Launch:
+    """Launch of `_fwd_fused_kernel` (block_k unused: the program holds all of DQK)."""
+    d = _defaults(dtype)["fused"]
+    bv = config.block_v_fused or (d.block_v if dv % d.block_v == 0 else pick_block(dv, d.block_v))
+    if dv % bv:
+        raise ValueError(f"fused DV tile {bv} must divide DV {dv}")
+    return Launch(0, bv, config.num_warps_fused or d.num_warps, config.num_stages_fused or d.num_stages)
+
+
+def use_fused_forward(dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype) -> bool:
+    """Whether the forward runs `_fwd_fused_kernel`: ChunkwiseConfig.fused_forward when set; else the
+    dtype's FUSED_FORWARD_DEFAULT for DQK <= FUSED_MAX_DQK without keep_states (the kept states of
+    the two-kernel path are what its backward recomputes, bit for bit)."""
+    if config.fused_forward is not None:
+        return config.fused_forward
+    key = "float32" if dtype == torch.float32 else "16bit"
+    return FUSED_FORWARD_DEFAULT[key] and dqk <= FUSED_MAX_DQK and not config.keep_states
+
+
+def chunk_fused_fwd(
+    q: Tensor, k: Tensor, v: Tensor, lf: Tensor, ig: Tensor, init: tuple[Tensor, Tensor, Tensor] | None,
+    chunk_size: int, eps: float, config: ChunkwiseConfig, store_states: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:  # fmt: skip
+    """The whole forward in one kernel. q, k (BH,S,DQK), v (BH,S,DV), lf/ig (BH,S) fp32, init
+    (C0,n0,m0) fp32 or None.
+
+    Returns h (BH,S,DV) in q's dtype, m and den per position (BH,S) float32, final C (BH,DQK,DV) and
+    n (BH,DQK) float32, ms (BH,NC+1) float32 (m at each chunk's start, then the final m), and, with
+    store_states, Cs (BH,NC,DQK,DV) in q's dtype and ns (BH,NC,DQK) float32 (else None, None).
+    """
+    BH, S, DQK = q.shape
+    DV = v.shape[-1]
+    NC = triton.cdiv(S, chunk_size)
+    launch = fused_launch(DV, config, q.dtype)
+    dev = q.device
+    h = torch.empty(BH, S, DV, device=dev, dtype=q.dtype)
+    m_pos = torch.empty(BH, S, device=dev, dtype=torch.float32)
+    den = torch.empty(BH, S, device=dev, dtype=torch.float32)
+    ms = torch.empty(BH, NC + 1, device=dev, dtype=torch.float32)
+    Cf = torch.empty(BH, DQK, DV, device=dev, dtype=torch.float32)
+    nf = torch.empty(BH, DQK, device=dev, dtype=torch.float32)
+    Cs = ns = None
+    if store_states:
+        Cs = torch.empty(BH, NC, DQK, DV, device=dev, dtype=q.dtype)
+        ns = torch.empty(BH, NC, DQK, device=dev, dtype=torch.float32)
+    C0, n0, m0 = init if init is not None else (Cf, nf, ms)  # unused pointers when HAS_INIT is off
+    _fwd_fused_kernel[(DV // launch.block_v, BH)](
+        q, k, v, lf, ig, C0, n0, m0, h, m_pos, den,
+        Cs if store_states else Cf, ns if store_states else nf, ms, Cf, nf,
+        S, NC, DQK**-0.5, eps,
+        L=chunk_size, DQK=DQK, DKP=triton.next_power_of_2(DQK), DV=DV, BV=launch.block_v,
+        HAS_INIT=init is not None, STORE_STATES=store_states, DOT_PREC=dot_precision(q.dtype),
+        num_warps=launch.num_warps, num_stages=launch.num_stages,
+    )  # fmt: skip
+    return h, m_pos, den, Cf, nf, ms, Cs, ns
 
 
 def chunk_states_fwd(

@@ -16,7 +16,14 @@ from torch import Tensor
 
 from ..common import KERNEL_DTYPES, check_float, check_shape, check_triton_device, is_pow2
 from .backward import chunk_inputs_bwd, chunk_states_bwd, gate_grads, output_grad_terms
-from .forward import ChunkwiseConfig, _chunk_launch, chunk_output_fwd, chunk_states_fwd
+from .forward import (
+    ChunkwiseConfig,
+    _chunk_launch,
+    chunk_fused_fwd,
+    chunk_output_fwd,
+    chunk_states_fwd,
+    use_fused_forward,
+)
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # (C, n, m)
 # Largest chunk on CUDA. L = 128 (L x L float32 tiles in the per-chunk kernels) compiled on an H100
@@ -52,8 +59,13 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
         if C0 is not None:
             init = (C0.reshape(BH, DQK, DV), n0.reshape(BH, DQK), m0.reshape(BH))
         L, cfg = settings.chunk_size, settings.config
-        Cs, ns, ms, Cf, nf = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
-        h, m_pos, den = chunk_output_fwd(qf, kf, vf, lf, ig, Cs, ns, ms, L, settings.eps, cfg)
+        if use_fused_forward(DQK, DV, cfg, q.dtype):
+            h, m_pos, den, Cf, nf, ms, Cs, ns = chunk_fused_fwd(
+                qf, kf, vf, lf, ig, init, L, settings.eps, cfg, store_states=cfg.keep_states
+            )
+        else:
+            Cs, ns, ms, Cf, nf = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
+            h, m_pos, den = chunk_output_fwd(qf, kf, vf, lf, ig, Cs, ns, ms, L, settings.eps, cfg)
         mf = ms[:, -1].clone()
         if not cfg.keep_states:
             Cs = ns = ms = None  # recomputed in the backward

@@ -33,6 +33,16 @@ def test_chunkwise_bf16(seed, chunk_size):
     assert not bad, (seed, chunk_size, bad)
 
 
+def test_chunkwise_fused_forward_bf16(seed):
+    """The one-kernel forward (ChunkwiseConfig.fused_forward) in bfloat16, DQK 48 (padded inside)."""
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig
+
+    cfg = ChunkwiseConfig(fused_forward=True, block_v_fused=32)
+    errs = chunkwise_errors((2, 2, 45, 48, 64), BF16, 16, "cpu", cfg)
+    bad = grad_failures(errs, TOL)
+    assert not bad, (seed, bad)
+
+
 def test_step_bf16(seed):
     B, NH, DQK, DV = 2, 2, 64, 128
     state = (torch.randn(B, NH, DQK, DV), torch.randn(B, NH, DQK), torch.randn(B, NH))

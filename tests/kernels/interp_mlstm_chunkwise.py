@@ -163,3 +163,44 @@ def test_keep_states_equals_recompute(seed):
         runs.append([h, C, n, m, *(t.grad for t in leaves)])
     for a, b in zip(*runs, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "S,chunk_size,with_state,return_state,DQK,DV,bv",
+    [
+        (37, 16, True, True, 32, 48, 16),  # odd S, initial state, three DV tiles
+        (45, 16, False, True, 48, 32, 0),  # DQK 48: padded to 64 inside the kernel
+        (11, 32, False, False, 32, 48, 0),  # S below a chunk (the training path)
+        (1, 16, True, True, 16, 32, 16),  # a single token
+    ],
+)
+def test_fused_forward_matches_float64(seed, S, chunk_size, with_state, return_state, DQK, DV, bv):
+    """The one-kernel forward (ChunkwiseConfig.fused_forward): outputs, final state and, through the
+    unchanged backward, every gradient against float64."""
+    B, NH = 2, 2
+    config = ChunkwiseConfig(fused_forward=True, block_v_fused=bv)
+    state = make_state(B, NH, DQK, DV) if with_state else None
+    errs = compare(mlstm_chunkwise_triton, make_inputs(B, NH, S, DQK, DV), state, chunk_size, return_state, config)
+    bad = {k: v for k, v in errs.items() if not v <= TOL}
+    assert not bad, (seed, bad)
+
+
+def test_fused_forward_keeps_states(seed):
+    """fused_forward with keep_states: the states it writes for the backward give the gradients of
+    the recomputing path (to float32 rounding) and the same h, bit for bit."""
+    inputs = make_inputs(2, 2, 45, 32, 64)
+    state = make_state(2, 2, 32, 64)
+    runs = []
+    for keep in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (*inputs, *state)]
+        cfg = ChunkwiseConfig(fused_forward=True, keep_states=keep)
+        h, (C, n, m) = mlstm_chunkwise_triton(
+            *leaves[:5], state=tuple(leaves[5:]), chunk_size=16, return_state=True, config=cfg
+        )
+        torch.manual_seed(1)
+        outs = (h, C, n, m)
+        torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
+        runs.append([h, C, n, m, *(t.grad for t in leaves)])
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(*runs, strict=True):
+        assert rel_err(a, b) <= 1e-6

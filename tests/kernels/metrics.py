@@ -117,11 +117,11 @@ def dm0_rel_err(dm0, dm0_ref, C0, dC0_ref, n0, dn0_ref) -> float:
     return ((dm0.double() - dm0_ref) / spread).norm().item() / spread.numel() ** 0.5
 
 
-def model_shape_errors(shape, dtype, device) -> dict[str, float]:
+def model_shape_errors(shape, dtype, device, config=None) -> dict[str, float]:
     """One random draw at a training shape (B, NH, S, DQK, DV, L) as the model calls the kernel (no
     initial state, no final-state gradient) against float64: h, and every gradient against the
     float64 backward at the kernel's h (``grad_err``), with each gradient's h share reported as
-    "dX (h share)"."""
+    "dX (h share)". config: a ChunkwiseConfig (None: the default)."""
     import torch
     from xlstm_edge.kernels.mlstm_chunkwise import mlstm_chunkwise_triton
 
@@ -135,7 +135,7 @@ def model_shape_errors(shape, dtype, device) -> dict[str, float]:
     f = torch.randn(B, NH, S, device=device) + 3
     leaves = [t.clone().requires_grad_() for t in (q, k, v, i, f)]
     leaves64 = [t.detach().double().requires_grad_() for t in leaves]
-    h, _ = mlstm_chunkwise_triton(*leaves, chunk_size=L, return_state=True)
+    h, _ = mlstm_chunkwise_triton(*leaves, chunk_size=L, return_state=True, config=config)
     h64, _ = mlstm_chunkwise(*leaves64, chunk_size=L)
     grad = torch.randn_like(h64).to(h.dtype)  # rounded to h's dtype for both sides
     h.backward(grad)

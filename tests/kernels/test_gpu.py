@@ -71,6 +71,31 @@ def test_chunkwise_model_shapes(seed, dtype, shape):
     assert not bad, (seed, bad)
 
 
+@pytest.mark.parametrize("shape", list(TRAIN_SHAPES), ids=list(TRAIN_SHAPES))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_forward_model_shapes(seed, dtype, shape):
+    """The one-kernel forward (ChunkwiseConfig.fused_forward=True, whatever the default) at every
+    training shape, with the backward it feeds: h and every gradient against float64."""
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig
+
+    B, NH, S, DQK, DV, L = TRAIN_SHAPES[shape]
+    errs = model_shape_errors(TRAIN_SHAPES[shape], dtype, DEV, ChunkwiseConfig(fused_forward=True))
+    torch.cuda.synchronize()
+    bad = _report(f"fused fwd {dtype} {shape} B{B} NH{NH} S{S} {DQK}/{DV} L={L}", errs, TOL[dtype])
+    assert not bad, (seed, bad)
+
+
+@pytest.mark.parametrize("chunk_size", [32, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_fused_forward_7b_heads(seed, dtype, chunk_size):
+    """The fused forward at 7B heads with an initial state and final-state gradients."""
+    from xlstm_edge.kernels.mlstm_chunkwise import ChunkwiseConfig
+
+    errs = chunkwise_errors((2, 4, 333, 256, 512), dtype, chunk_size, DEV, ChunkwiseConfig(fused_forward=True))
+    bad = _report(f"fused fwd {dtype} L={chunk_size} 7B heads", errs, TOL[dtype])
+    assert not bad, (seed, bad)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_step_7b_heads(seed, dtype):
     from xlstm_edge.kernels.mlstm_recurrent import mlstm_step_triton
