@@ -22,7 +22,7 @@ Both end in ``quantize_source(WeightSource, manifest layout, out, opts)``:
 4. write the manifest (``quantization`` = scheme, plan summary, quality report, gate) and move the
    package into place (``xlstm_edge.publish``), or leave nothing if the quality gate is missed without
    ``allow_quality_loss``
-Each stage's log line carries the resident peak of the stage before it.
+Each stage's log line carries the resident peak of the stage before it and the resident set it starts from.
 """
 
 from __future__ import annotations
