@@ -20,10 +20,10 @@ SESSION_BUILDS = ("ort_built", "et_built", "exported_packages")
 # export came last and ran alone for its five minutes at the end)
 HEAVY_FIRST = (
     "et_built",  # ExecuTorch float32, int8 and int4 packages, the stock-runner tests: ~850
-    "ort_built",  # ONNX float32, three quantized packages, GenAI and probe tests: ~800
-    "tests/export/test_memory_bound.py",  # a 250 M float32 export in a subprocess: ~300
+    "ort_built",  # ONNX float32 and three quantized packages, the GenAI and quantization tests: ~400
+    "tests/export/test_memory_bound.py",  # a 250 M float32 export in a subprocess: ~290
     "tests/export/test_parity_bound.py",  # transformers checkpoints exported to both formats: ~330
-    "exported_packages",  # tiny-ms in both formats, the runtime tests on them: ~320
+    "exported_packages",  # tiny-ms in both formats, the runtime tests on them: ~300
 )
 
 

@@ -25,7 +25,7 @@ from tests.quant.conftest import (
     GREEDY_TOKENS,
     PREFILL_TOKENS,
     make_model,
-    quantize,
+    one_block_model,
     write_checkpoint,
 )
 from xlstm_edge.weights import ModelWeights
@@ -84,7 +84,7 @@ def test_probe_norm_weights_leave_the_stored_grid_and_nothing_else_changes():
         assert not torch.equal(value.bfloat16().float(), value), f"{name} still on the bfloat16 grid"
 
 
-def quantize_deep(checkpoint: Path, out: Path):
+def quantize_probed(checkpoint: Path, out: Path):
     """``export CKPT OUT --quantize int8-dynamic --embedding int8`` (ONNX): no float package is written."""
     from xlstm_edge.quant.package import QuantizeOptions, quantize_checkpoint
 
@@ -97,20 +97,21 @@ def quantize_deep(checkpoint: Path, out: Path):
 
 
 @pytest.fixture(scope="module")
-def deep_built(tmp_path_factory) -> tuple[Path, Path]:
-    """``deep_model``'s checkpoint and its int8-dynamic ONNX package (int8 embedding): a model whose tight
-    check runs on its probe."""
-    root = tmp_path_factory.mktemp("deep")
-    checkpoint = write_checkpoint(deep_model(), root / "ckpt")
-    return checkpoint, quantize_deep(checkpoint, root / "int8").out
+def probed_built(tmp_path_factory) -> tuple[Path, Path]:
+    """A 2-block mLSTM model's checkpoint and its int8-dynamic ONNX package (int8 embedding): the cheapest
+    model whose tight check runs on its probe (block 0 alone)."""
+    root = tmp_path_factory.mktemp("probed")
+    model = make_model("tiny", 5, num_hidden_layers=2, hidden_size=32, chunk_size=8)
+    checkpoint = write_checkpoint(model, root / "ckpt")
+    return checkpoint, quantize_probed(checkpoint, root / "int8").out
 
 
-def test_probe_path_is_checked_and_recorded(deep_built):
-    """A deep model's quantized package went through the probe path: blocks 0 and 1, norm weights
-    jittered, the probe's graphs exported, checked and removed."""
-    checkpoint, quantized = deep_built
+def test_probe_path_is_checked_and_recorded(probed_built):
+    """A model with two mLSTM blocks went through the probe path: block 0, norm weights jittered, the
+    probe's graphs exported, checked and removed."""
+    checkpoint, quantized = probed_built
     parity = read_manifest(quantized).parity["int8"]
-    assert parity["tight"]["graphs"] == "probe" and parity["tight"]["blocks"] == [0, 1]
+    assert parity["tight"]["graphs"] == "probe" and parity["tight"]["blocks"] == [0]
     assert parity["tight"]["norm_jitter"] == NORM_JITTER
     assert parity["tight"]["step_vs_eager_int8"]["median_rel_err"] < 1e-4
     assert parity["tight"]["prefill_short_vs_eager_int8"]["median_rel_err"] < 1e-4
@@ -140,17 +141,19 @@ class Off(package_module.EagerGraph):
         return [t * self.factor for t in super().run(inputs)]
 
 
-def test_probe_refuses_a_graph_that_is_not_the_same_quantization(deep_built, tmp_path, monkeypatch):
+def test_probe_refuses_a_graph_that_is_not_the_same_quantization(probed_built, tmp_path, monkeypatch):
     """A systematic 1e-3 difference is refused, the message naming the probe's graph, nothing left behind."""
     monkeypatch.setattr(package_module, "EagerGraph", Off)
     with pytest.raises(QuantizationError, match=r"graph \(probe"):
-        quantize_deep(deep_built[0], tmp_path / "off")
+        quantize_probed(probed_built[0], tmp_path / "off")
     assert not list(tmp_path.iterdir())
 
 
-def test_own_probe_refuses_a_graph_that_is_not_the_same_quantization(ort_built, tmp_path, monkeypatch):
-    """The same on a model that is its own probe: the tight check runs on the package's graphs."""
+def test_own_probe_refuses_a_graph_that_is_not_the_same_quantization(tmp_path, monkeypatch):
+    """The same on a model that is its own probe (one mLSTM block, float32 norm weights): the tight check
+    runs on the package's graphs."""
+    checkpoint = write_checkpoint(one_block_model(seed=11), tmp_path / "ckpt")
     monkeypatch.setattr(package_module, "EagerGraph", Off)
     with pytest.raises(QuantizationError, match=r"graph \(package"):
-        quantize(ort_built.package, tmp_path / "off", "int8-dynamic")
-    assert not list(tmp_path.iterdir())
+        quantize_probed(checkpoint, tmp_path / "off")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
