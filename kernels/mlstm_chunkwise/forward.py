@@ -245,6 +245,33 @@ def state_launch(
 
 
 @triton.jit
+def _state_update_weights(b, g, ig, m):
+    """A chunk's contribution to the state at its end: ``b`` (L,) cumulative log forget gates, ``g`` ()
+    their sum, ``ig`` (L,) input gates, ``m`` () the stabilizer at the chunk's start. Returns the weight
+    of each token's k v^T (L,), the decay of the carried state () and the new stabilizer ()."""
+    a = g - b + ig  # log weight of token j in the state at the chunk's end
+    m_next = tl.maximum(g + m, tl.max(a, axis=0))
+    return tl.exp(a - m_next), tl.exp(g + m - m_next), m_next
+
+
+@triton.jit
+def _output_weights(scores, qn, b, ig, m_k, causal, eps):
+    """One chunk's output weights: ``scores`` (L, L) scaled q k^T, ``qn`` (L,) scaled q . n at the chunk's
+    start, ``b``, ``ig`` as in ``_state_update_weights``, ``m_k`` () the chunk-start stabilizer,
+    ``causal`` (L, L). Returns the stabilized intra-chunk weights p (L, L), the inter-chunk factor alpha
+    (L,), the denominator (L,), the normalizer max(|den|, exp(-m)) + eps (L,) and the running stabilizer
+    m (L,), equal to the step form's m_t."""
+    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
+    m_inter = b + m_k
+    m_pos = tl.maximum(m_inter, tl.max(log_d, axis=1))
+    p = scores * tl.exp(log_d - m_pos[:, None])
+    alpha = tl.exp(m_inter - m_pos)
+    den = tl.sum(p, axis=1) + alpha * qn
+    norm = tl.maximum(tl.abs(den), tl.exp(-m_pos)) + eps
+    return p, alpha, den, norm, m_pos
+
+
+@triton.jit
 def _fwd_states_kernel(
     k_ptr, v_ptr, lf_ptr, ig_ptr,
     C0_ptr, n0_ptr, m0_ptr,
@@ -282,10 +309,7 @@ def _fwd_states_kernel(
         ig = tl.load(ig_ptr + bh * S + t, mask=mask_t, other=float("-inf"))
         b = tl.cumsum(lf, axis=0)
         g = tl.sum(lf, axis=0)
-        a = g - b + ig  # log weight of token j in the state at the chunk's end
-        m_next = tl.maximum(g + m, tl.max(a, axis=0))
-        w = tl.exp(a - m_next)
-        decay = tl.exp(g + m - m_next)
+        w, decay, m_next = _state_update_weights(b, g, ig, m)
         kc = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         vc = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         kw = kc.to(tl.float32) * w[:, None]
@@ -351,13 +375,7 @@ def _fwd_output_kernel(
 
     # decay matrix and the running stabilizer (equal to the step form's m_t)
     causal = offs_t[:, None] >= offs_t[None, :]
-    log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
-    m_inter = b + m_k
-    m_pos = tl.maximum(m_inter, tl.max(log_d, axis=1))
-    p = scores * tl.exp(log_d - m_pos[:, None])
-    alpha = tl.exp(m_inter - m_pos)
-    den = tl.sum(p, axis=1) + alpha * qn
-    norm = tl.maximum(tl.abs(den), tl.exp(-m_pos)) + eps
+    p, alpha, den, norm, m_pos = _output_weights(scores, qn, b, ig, m_k, causal, eps)
     tl.store(mpos_ptr + bh * S + t, m_pos, mask=mask_t)
     tl.store(den_ptr + bh * S + t, den, mask=mask_t)
 
@@ -438,13 +456,7 @@ def _fwd_fused_kernel(
         # output: the causal L x L part plus the inter-chunk part from the state in registers
         scores = tl.dot(qt, tl.trans(kt), input_precision=DOT_PREC) * scale
         qn = tl.sum(qt.to(tl.float32) * n[None, :], axis=1) * scale
-        log_d = tl.where(causal, b[:, None] - b[None, :] + ig[None, :], float("-inf"))
-        m_inter = b + m
-        m_pos = tl.maximum(m_inter, tl.max(log_d, axis=1))
-        p = scores * tl.exp(log_d - m_pos[:, None])
-        alpha = tl.exp(m_inter - m_pos)
-        den = tl.sum(p, axis=1) + alpha * qn
-        norm = tl.maximum(tl.abs(den), tl.exp(-m_pos)) + eps
+        p, alpha, den, norm, m_pos = _output_weights(scores, qn, b, ig, m, causal, eps)
         if pv == 0:
             tl.store(mpos_ptr + bh * S + t, m_pos, mask=mask_t)
             tl.store(den_ptr + bh * S + t, den, mask=mask_t)
@@ -457,10 +469,7 @@ def _fwd_fused_kernel(
         )
 
         # the state at the chunk's end (as _fwd_states_kernel)
-        a = g - b + ig
-        m_next = tl.maximum(g + m, tl.max(a, axis=0))
-        w = tl.exp(a - m_next)
-        decay = tl.exp(g + m - m_next)
+        w, decay, m_next = _state_update_weights(b, g, ig, m)
         kw = kt.to(tl.float32) * w[:, None]
         upd = tl.dot(tl.trans(kw.to(kt.dtype)), vt, input_precision=DOT_PREC)
         C = decay * C + upd
