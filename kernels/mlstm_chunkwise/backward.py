@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..common import dot_precision, pick_block
-from .forward import ChunkwiseConfig, bwd_launch, state_launch
+from .forward import ChunkwiseConfig, bwd_launch, state_acc_in_dot, state_launch
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def _bwd_states_kernel(
     dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr,
     S, NC, scale,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr, ACC_IN_DOT: tl.constexpr,
 ):  # fmt: skip
     pk = tl.program_id(0)
     pv = tl.program_id(1)
@@ -93,8 +93,11 @@ def _bwd_states_kernel(
         decay = tl.exp(g + m_k - m_next)
         # 1/norm goes with q (one rounding to q's dtype), so dh enters the product as given
         qan = (qa / norm[:, None]).to(qt.dtype)
-        upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
-        dC = decay * dC + upd  # own accumulator, as in forward.py's state kernel
+        if ACC_IN_DOT:
+            dC = tl.dot(tl.trans(qan), dht, acc=decay * dC, input_precision=DOT_PREC)
+        else:
+            upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
+            dC = decay * dC + upd  # own accumulator, as in forward.py's state kernel
         dn = decay * dn + tl.sum(qa * dden[:, None], axis=0)
     tl.store(dC0_ptr + bh * DQK * DV + c_tile, dC)
     if pv == 0:
@@ -228,6 +231,136 @@ def _bwd_inputs_kernel(
         tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
 
 
+# Whether the backward's per-position glue runs as two Triton kernels (`output_grad_terms_fused`,
+# `gate_grads_fused`) instead of the PyTorch forms below (`output_grad_terms`, `gate_grads` and the
+# sigmoid for d f: some 60 small launches on (B * NH, S) tensors). Read at call time.
+FUSED_GLUE = False
+
+
+@triton.jit
+def _bwd_norm_kernel(
+    h_ptr, dh_ptr, mpos_ptr, den_ptr, norm_ptr, dden_ptr, dm_ptr, S, eps,
+    DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
+):  # fmt: skip
+    """`output_grad_terms` in one kernel: delta = dh . h over DV, then norm, dden, dm per position."""
+    pt = tl.program_id(0)
+    bh = tl.program_id(1).to(tl.int64)
+    t = pt * BT + tl.arange(0, BT)
+    mask_t = t < S
+    acc = tl.zeros((BT,), dtype=tl.float32)
+    for vt in range(DV // BV):
+        offs_v = vt * BV + tl.arange(0, BV)
+        ptrs = (bh * S + t[:, None]) * DV + offs_v[None, :]
+        hh = tl.load(h_ptr + ptrs, mask=mask_t[:, None], other=0.0).to(tl.float32)
+        dd = tl.load(dh_ptr + ptrs, mask=mask_t[:, None], other=0.0).to(tl.float32)
+        acc += tl.sum(hh * dd, axis=1)
+    m = tl.load(mpos_ptr + bh * S + t, mask=mask_t, other=0.0)
+    den = tl.load(den_ptr + bh * S + t, mask=mask_t, other=0.0)
+    floor = tl.exp(-m)
+    norm = tl.maximum(tl.abs(den), floor) + eps
+    s = acc / norm
+    dden = tl.where(tl.abs(den) > floor, tl.where(den > 0, -s, s), 0.0)
+    tl.store(norm_ptr + bh * S + t, norm, mask=mask_t)
+    tl.store(dden_ptr + bh * S + t, dden, mask=mask_t)
+    tl.store(dm_ptr + bh * S + t, -eps * s, mask=mask_t)
+
+
+def output_grad_terms_fused(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: float):
+    """`output_grad_terms` (same arguments and results) as one kernel."""
+    BH, S, DV = h.shape
+    norm, dden, dm = (torch.empty(BH, S, device=h.device, dtype=torch.float32) for _ in range(3))
+    _bwd_norm_kernel[(triton.cdiv(S, 64), BH)](
+        h, dh, m_pos, den, norm, dden, dm, S, eps, DV=DV, BT=64, BV=pick_block(DV)
+    )
+    return norm, dden, dm
+
+
+@triton.jit
+def _linear_combine(a1, x1, a2, x2):
+    """Compose y -> x1 + a1 y (earlier in scan order) with y -> x2 + a2 y (later)."""
+    return a1 * a2, x2 + a2 * x1
+
+
+@triton.jit
+def _gate_grads_kernel(
+    f_ptr, ig_ptr, mpos_ptr, kdk_ptr, cross_ptr, qa_ptr, ke_ptr, dmpos_ptr, share_ptr, dmf_ptr, fshare_ptr,
+    df_ptr, di_ptr, dm0_ptr,
+    S, NC, NB,
+    L: tl.constexpr, R: tl.constexpr, HAS_DMF: tl.constexpr, HAS_FSHARE: tl.constexpr,
+):  # fmt: skip
+    """`gate_grads` and d f = d logf sigmoid(-f) for one row (b, h): blocks of R chunks from the last,
+    each block's tokens in reversed order (scan position p <-> token blk BT + BT - 1 - p), so suffix
+    sums are forward scans. The stabilizer path acc_t = dm_t + [m_{t+1} > i_{t+1}] acc_{t+1} is a
+    linear scan carried across blocks: summed term by term, not as a difference of suffix sums."""
+    BT: tl.constexpr = R * L
+    bh = tl.program_id(0).to(tl.int64)
+    row = bh * S
+    pos = tl.arange(0, BT)
+    carry = tl.full((), 0.0, tl.float32)
+    for bb in range(NB):
+        blk = NB - 1 - bb
+        t = blk * BT + BT - 1 - pos
+        mask = t < S
+        kdk = tl.load(kdk_ptr + row + t, mask=mask, other=0.0)
+        cross = tl.load(cross_ptr + row + t, mask=mask, other=0.0)
+        qa = tl.reshape(tl.load(qa_ptr + row + t, mask=mask, other=0.0), (R, L))
+        ke = tl.reshape(tl.load(ke_ptr + row + t, mask=mask, other=0.0), (R, L))
+        share = tl.load(share_ptr + bh * NC + t // L, mask=mask, other=0.0)
+        # rows of the (R, L) view are chunks, each reversed: the sum over t' >= t in t's chunk is the
+        # inclusive scan along the row; the sum over j < t in the chunk, the reversed scan less itself
+        qa_after = tl.reshape(tl.cumsum(qa, axis=1), (BT,))
+        ke_before = tl.reshape(tl.cumsum(ke, axis=1, reverse=True) - ke, (BT,))
+        within = cross + qa_after + ke_before + share
+        dm = tl.load(dmpos_ptr + row + t, mask=mask, other=0.0)
+        if HAS_DMF:
+            dm = tl.where(t == S - 1, dm + tl.load(dmf_ptr + bh), dm)
+        if HAS_FSHARE:
+            dm = tl.where(t == S - 1, dm - tl.load(fshare_ptr + bh), dm)
+        reset = tl.load(mpos_ptr + row + t, mask=mask, other=0.0) <= tl.load(ig_ptr + row + t, mask=mask, other=0.0)
+        # token t + 1 (the previous scan position): its reset stops the flow into t
+        nxt = mask & (t + 1 < S)
+        reset_next = tl.load(mpos_ptr + row + t + 1, mask=nxt, other=0.0) <= tl.load(
+            ig_ptr + row + t + 1, mask=nxt, other=0.0
+        )
+        gate = tl.where(reset_next, 0.0, 1.0)
+        a_scan, x_scan = tl.associative_scan((gate, dm), 0, _linear_combine)
+        acc = x_scan + a_scan * carry
+        carry = tl.sum(tl.where(pos == BT - 1, acc, 0.0), axis=0)  # acc at the block's first token
+        di = kdk + tl.where(reset, acc, 0.0)
+        dlf = within + tl.where(reset, 0.0, acc)
+        f = tl.load(f_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        tl.store(df_ptr + row + t, dlf * tl.sigmoid(-f), mask=mask)
+        tl.store(di_ptr + row + t, di, mask=mask)
+    reset0 = tl.load(mpos_ptr + row) <= tl.load(ig_ptr + row)
+    tl.store(dm0_ptr + bh, tl.where(reset0, 0.0, carry))
+
+
+def gate_grads_fused(
+    f: Tensor, ig: Tensor, m_pos: Tensor, kdk: Tensor, cross: Tensor, qa: Tensor, ke: Tensor, dm_pos: Tensor,
+    chunk_shares: Tensor, chunk_size: int, final_share: Tensor | None, dm_final: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """`gate_grads` (the initial m's value is not needed) and the forget pre-activation's gradient in one
+    kernel: f (BH, S) the forget pre-activations (any float dtype). Returns d f (BH,S) float32 (d logf
+    times sigmoid(-f)), d i (BH,S), d m0 (BH,): the stabilizer-path share, as `gate_grads`."""
+    BH, S = ig.shape
+    NC = chunk_shares.shape[1]
+    L = chunk_size
+    R = max(1, min(8, triton.next_power_of_2(NC)))
+    # autograd may hand over expanded (stride 0) gradients, e.g. of m.sum(): the kernel reads rows
+    f, dm_final, final_share = (x if x is None else x.contiguous() for x in (f, dm_final, final_share))
+    NB = triton.cdiv(S, R * L)
+    df = torch.empty(BH, S, device=ig.device, dtype=torch.float32)
+    di = torch.empty_like(df)
+    dm0 = torch.empty(BH, device=ig.device, dtype=torch.float32)
+    _gate_grads_kernel[(BH,)](
+        f, ig, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares,
+        dm_final if dm_final is not None else dm0, final_share if final_share is not None else dm0,
+        df, di, dm0, S, NC, NB,
+        L=L, R=R, HAS_DMF=dm_final is not None, HAS_FSHARE=final_share is not None, num_warps=4,
+    )  # fmt: skip
+    return df, di, dm0
+
+
 def output_grad_terms(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: float):
     """Per-position pieces of dh's effect through the normaliser.
 
@@ -267,7 +400,7 @@ def chunk_states_bwd(
     _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
         q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
-        DOT_PREC=dot_precision(q.dtype), num_warps=launch.num_warps, num_stages=launch.num_stages,
+        DOT_PREC=dot_precision(q.dtype), ACC_IN_DOT=state_acc_in_dot(q.dtype, backward=True), **launch.kwargs(),
     )  # fmt: skip
     return dCs, dns, dC0, dn0
 
@@ -294,8 +427,7 @@ def chunk_inputs_bwd(
     _bwd_inputs_kernel[(NC, BH)](
         q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, kdk, cross, qa, ke, shares,
         S, NC, DQK**-0.5, DQK // BK, DV // BV,
-        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype), **launch.kwargs(),
     )  # fmt: skip
     return dq, dk, dv, kdk, cross, qa, ke, shares
 

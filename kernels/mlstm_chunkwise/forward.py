@@ -96,6 +96,14 @@ class Launch:
     block_v: int
     num_warps: int
     num_stages: int
+    maxnreg: int = 0  # a cap on registers per thread (Triton's maxnreg), 0: none
+
+    def kwargs(self) -> dict[str, int]:
+        """Triton launch options: warps, stages and, when set, the register cap."""
+        kw = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg:
+            kw["maxnreg"] = self.maxnreg
+        return kw
 
 
 # What ChunkwiseConfig's zeros resolve to, per kernel, by q's dtype: (block_k, block_v, warps, stages).
@@ -123,6 +131,18 @@ LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
         "fused": Launch(0, 64, 8, 2),
     },
 }
+
+# Whether the state kernels (forward and backward) take decay * C as their product's accumulator
+# (ACC_IN_DOT) rather than adding the chunk's update from a second float32 tile, by q's dtype.
+STATE_ACC_IN_DOT: dict[str, dict[str, bool]] = {
+    "float32": {"states": False, "states_bwd": False},
+    "16bit": {"states": False, "states_bwd": False},
+}
+
+
+def state_acc_in_dot(dtype: torch.dtype, backward: bool = False) -> bool:
+    return STATE_ACC_IN_DOT["float32" if dtype == torch.float32 else "16bit"]["states_bwd" if backward else "states"]
+
 
 # Whether the fused forward is the default, by q's dtype (ChunkwiseConfig.fused_forward overrides).
 FUSED_FORWARD_DEFAULT: dict[str, bool] = {"float32": False, "16bit": False}
@@ -173,7 +193,7 @@ def _chunk_launch(
     stages_set = bool(stages)
     if not stages:
         stages = d.num_stages if (bk < dqk and bv < dv) else min(d.num_stages, 2)
-    return Launch(bk, bv, warps or d.num_warps, stages), stages_set
+    return Launch(bk, bv, warps or d.num_warps, stages, d.maxnreg), stages_set
 
 
 def output_launch(dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype) -> Launch:
@@ -241,7 +261,7 @@ def state_launch(
     if dqk % bk or dv % bv:
         raise ValueError(f"state tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
     warps = warps or (8 if bk * bv >= 64 * 128 else 4)
-    return Launch(bk, bv, warps, stages)
+    return Launch(bk, bv, warps, stages, d.maxnreg)
 
 
 @triton.jit
@@ -279,7 +299,7 @@ def _fwd_states_kernel(
     Cf_ptr, nf_ptr,
     S, NC,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, DOT_PREC: tl.constexpr,
+    HAS_INIT: tl.constexpr, DOT_PREC: tl.constexpr, ACC_IN_DOT: tl.constexpr,
 ):  # fmt: skip
     pk = tl.program_id(0)
     pv = tl.program_id(1)
@@ -313,10 +333,13 @@ def _fwd_states_kernel(
         kc = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         vc = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         kw = kc.to(tl.float32) * w[:, None]
-        # the chunk's update in its own accumulator, not fused into C's: with C as the dot's
-        # accumulator, Triton 3.6 on an H100 gave wrong chunk-start states at L 128, 128 x 128 tiles
-        upd = tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
-        C = decay * C + upd
+        if ACC_IN_DOT:  # decay * C as the dot's accumulator: no second (BK, BV) float32 tile live
+            C = tl.dot(tl.trans(kw.to(kc.dtype)), vc, acc=decay * C, input_precision=DOT_PREC)
+        else:
+            # the chunk's update in its own accumulator, not fused into C's: with C as the dot's
+            # accumulator, Triton 3.6 on an H100 gave wrong chunk-start states at L 128, 128 x 128 tiles
+            upd = tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
+            C = decay * C + upd
         n = decay * n + tl.sum(kw, axis=0)
         m = m_next
     tl.store(Cf_ptr + bh * DQK * DV + c_tile, C)
@@ -563,7 +586,7 @@ def chunk_states_fwd(
     _fwd_states_kernel[grid](
         k, v, lf, ig, C0, n0, m0, Cs, ns, ms, Cf, nf, S, NC,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INIT=init is not None,
-        DOT_PREC=dot_precision(k.dtype), num_warps=launch.num_warps, num_stages=launch.num_stages,
+        DOT_PREC=dot_precision(k.dtype), ACC_IN_DOT=state_acc_in_dot(k.dtype), **launch.kwargs(),
     )  # fmt: skip
     return Cs, ns, ms, Cf, nf
 
@@ -583,7 +606,6 @@ def chunk_output_fwd(
     den = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     _fwd_output_kernel[(NC, BH)](
         q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps, DQK // BK, DV // BV,
-        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype), **launch.kwargs(),
     )  # fmt: skip
     return h, m_pos, den

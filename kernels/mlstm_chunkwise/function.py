@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import KERNEL_DTYPES, check_float, check_shape, check_triton_device, is_pow2
-from .backward import chunk_inputs_bwd, chunk_states_bwd, gate_grads, output_grad_terms
+from . import backward as _backward
+from .backward import (
+    chunk_inputs_bwd,
+    chunk_states_bwd,
+    gate_grads,
+    gate_grads_fused,
+    output_grad_terms,
+    output_grad_terms_fused,
+)
 from .forward import (
     ChunkwiseConfig,
     _chunk_launch,
@@ -99,7 +107,11 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
             final_share = (Cf * dCf).sum((-2, -1)) + (nf * dnf).sum(-1)
         dm_final = None if dmf is None else dmf.reshape(BH).float()
 
-        norm, dden, dm_pos = output_grad_terms(h, dh, m_pos, den, eps)
+        fused_glue = _backward.FUSED_GLUE
+        if fused_glue:
+            norm, dden, dm_pos = output_grad_terms_fused(h, dh, m_pos, den, eps)
+        else:
+            norm, dden, dm_pos = output_grad_terms(h, dh, m_pos, den, eps)
         if Cs is None:  # not kept by the forward (ChunkwiseConfig.keep_states): recompute
             Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
         dCs, dns, dC0, dn0 = chunk_states_bwd(qf, dh, lf, ig, m_pos, norm, dden, ms, dfinal, L, cfg)
@@ -107,11 +119,16 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg
         )
         del Cs, dCs
-        m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
-        dlf, di, dm0 = gate_grads(
-            lf, ig, m_init, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
-        )
-        df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
+        if fused_glue:
+            df, di, dm0 = gate_grads_fused(
+                f.reshape(BH, S), ig, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
+            )
+        else:
+            m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
+            dlf, di, dm0 = gate_grads(
+                lf, ig, m_init, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
+            )
+            df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
         grads_init = (None, None, None)
         if ctx.has_init:
             C0f, n0f = init[0].float(), init[1].float()
