@@ -4,11 +4,11 @@ shape (default xLSTM 7B heads at 65k tokens: B 8, NH 8, S 8192, DQK 256, DV 512,
     profile   torch.profiler over fwd+bwd steps: device time per kernel (the Triton kernels and every
               PyTorch launch between them), per step
     kernels   each Triton kernel alone on one fwd+bwd's intermediates (bench/tune_chunkwise.py's
-              problem), for launch variants: the state kernels with decay * C as the product's
-              accumulator (forward.STATE_ACC_IN_DOT), register caps (Launch.maxnreg), tiles; every
+              problem), for launch variants: register caps (Launch.maxnreg) that let more blocks share a
+              multiprocessor, tiles, pipelining depth; every
               variant's outputs checked against the default launch's (norm-wise relative error)
     e2e       fwd and fwd+bwd (do_bench median) of the default, with the backward glue as two Triton
-              kernels (backward.FUSED_GLUE), with the state accumulator, with the per-kernel winners,
+              kernels (backward.FUSED_GLUE), with the per-kernel winners (with and without the glue),
               and NX-AI limit_chunk when importable; h and every gradient of each against the
               default's
 
@@ -42,75 +42,65 @@ sys.modules[_spec.name] = tc
 _spec.loader.exec_module(tc)
 
 DEFAULTS = {k: v for k, v in fw.LAUNCH_DEFAULTS["16bit"].items()}
-# (kind, acc_in_dot, (block_k, block_v, warps, stages, maxnreg)); the first of each kind is the default
+# (kind, (block_k, block_v, warps, stages, maxnreg)); the first of each kind is the default. Registers
+# (bench/state_ptxas.py, Triton 3.6): states 64x128/4 230 (2 blocks of 4 warps a multiprocessor),
+# capped at 168: 3 blocks (124 B of spills); 64x64/4 173, at 168: 8 B; states_bwd 64x128/4 255,
+# 64x64/4 202, at 168: 32 B; output 64x128/8 151 (one 8-warp block), at 128: no spills, 2 blocks
 VARIANTS = [
-    ("states", False, (64, 128, 4, 2, 0)),
-    ("states", True, (64, 128, 4, 2, 0)),
-    ("states", True, (64, 128, 4, 3, 0)),
-    ("states", True, (64, 128, 4, 2, 168)),
-    ("states", False, (64, 128, 4, 2, 168)),
-    ("states", True, (128, 128, 8, 2, 0)),
-    ("states", True, (64, 256, 8, 2, 0)),
-    ("states", True, (128, 64, 4, 2, 0)),
-    ("states", True, (64, 64, 4, 2, 0)),
-    ("states_bwd", False, (64, 128, 4, 2, 0)),
-    ("states_bwd", True, (64, 128, 4, 2, 0)),
-    ("states_bwd", True, (64, 128, 4, 3, 0)),
-    ("states_bwd", True, (64, 128, 4, 2, 168)),
-    ("states_bwd", False, (64, 128, 4, 2, 168)),
-    ("states_bwd", True, (128, 128, 8, 2, 0)),
-    ("states_bwd", True, (64, 256, 8, 2, 0)),
-    ("states_bwd", True, (128, 64, 4, 2, 0)),
-    ("states_bwd", True, (64, 64, 4, 2, 0)),
-    ("output", False, (64, 128, 8, 3, 0)),
-    ("output", False, (64, 128, 8, 3, 128)),
-    ("output", False, (64, 128, 8, 2, 128)),
-    ("output", False, (64, 64, 8, 3, 128)),
-    ("bwd", False, (64, 128, 8, 3, 0)),
-    ("bwd", False, (64, 128, 8, 2, 0)),
+    ("states", (64, 128, 4, 2, 0)),
+    ("states", (64, 128, 4, 2, 168)),
+    ("states", (64, 128, 4, 3, 168)),
+    ("states", (64, 64, 4, 2, 0)),
+    ("states", (64, 64, 4, 2, 168)),
+    ("states", (64, 64, 4, 3, 168)),
+    ("states", (64, 64, 4, 2, 128)),
+    ("states_bwd", (64, 128, 4, 2, 0)),
+    ("states_bwd", (64, 128, 4, 2, 168)),
+    ("states_bwd", (64, 128, 4, 3, 168)),
+    ("states_bwd", (64, 64, 4, 2, 0)),
+    ("states_bwd", (64, 64, 4, 2, 168)),
+    ("states_bwd", (64, 64, 4, 3, 168)),
+    ("states_bwd", (64, 64, 4, 2, 128)),
+    ("output", (64, 128, 8, 3, 0)),
+    ("output", (64, 128, 8, 3, 128)),
+    ("output", (64, 128, 8, 2, 128)),
+    ("output", (64, 64, 8, 3, 128)),
+    ("bwd", (64, 128, 8, 3, 0)),
 ]
 
 
-def apply(kind: str, acc: bool, launch: tuple) -> None:
-    """Make (acc, launch) the 16-bit default of kind (the launchers read both at call time)."""
+def apply(kind: str, launch: tuple) -> None:
+    """Make launch the 16-bit default of kind (the launchers read it at call time)."""
     fw.LAUNCH_DEFAULTS["16bit"] = {**DEFAULTS, kind: fw.Launch(*launch)}
-    if kind in ("states", "states_bwd"):
-        fw.STATE_ACC_IN_DOT["16bit"][kind] = acc
-
-
-def set_acc(acc: bool) -> None:
-    fw.STATE_ACC_IN_DOT["16bit"] = {"states": acc, "states_bwd": acc}
 
 
 def reset() -> None:
     fw.LAUNCH_DEFAULTS["16bit"] = dict(DEFAULTS)
-    set_acc(False)
     bw.FUSED_GLUE = False
 
 
-def label(kind, acc, launch) -> str:
+def label(kind, launch) -> str:
     bk, bv, w, s, r = launch
-    return f"{kind} {bk}x{bv} w{w} s{s}{f' maxnreg {r}' if r else ''}{' acc-in-dot' if acc else ''}"
+    return f"{kind} {bk}x{bv} w{w} s{s}{f' maxnreg {r}' if r else ''}"
 
 
 def _warm(jobs) -> list[str]:
     p = tc.make_problem(1, 1, 1024, 256, 512, torch.bfloat16)
     out = []
-    for kind, acc, launch in jobs:
+    for kind, launch in jobs:
         try:
-            apply(kind, acc, launch)
+            apply(kind, launch)
             tc.runner(kind, p, mc.ChunkwiseConfig())()
             torch.cuda.synchronize()
         except Exception as err:  # noqa: BLE001 - reported, the variant is skipped later
-            out.append(f"{label(kind, acc, launch)}: {type(err).__name__}: {str(err)[:160]}")
+            out.append(f"{label(kind, launch)}: {type(err).__name__}: {str(err)[:160]}")
         reset()
-    # the glue kernels and a whole fwd+bwd with each switch (same specialisation as S 8192)
-    for glue, acc in ((True, False), (True, True)):
-        bw.FUSED_GLUE = glue
-        set_acc(acc)
-        leaves, grad = inputs("1x1x1024x256x512")
-        mc.mlstm_chunkwise_triton(*leaves, chunk_size=L)[0].backward(grad)
-        torch.cuda.synchronize()
+    # the glue kernels in a whole fwd+bwd (same specialisation as S 8192)
+    bw.FUSED_GLUE = True
+    leaves, grad = inputs("1x1x1024x256x512")
+    mc.mlstm_chunkwise_triton(*leaves, chunk_size=L)[0].backward(grad)
+    torch.cuda.synchronize()
+    reset()
     return out
 
 
@@ -185,8 +175,8 @@ def kernels(shape: str) -> dict[str, tuple]:
     best: dict[str, tuple] = {}
     ref: dict[str, list] = {}
     base_ms: dict[str, float] = {}
-    for kind, acc, launch in VARIANTS:
-        apply(kind, acc, launch)
+    for kind, launch in VARIANTS:
+        apply(kind, launch)
         try:
             fn = tc.runner(kind, p, mc.ChunkwiseConfig())
             out = fn()
@@ -197,20 +187,20 @@ def kernels(shape: str) -> dict[str, tuple]:
                 err = max(rel(a, b) for a, b in zip(out, ref[kind], strict=True))
             ms = bench(fn)
         except Exception as exc:  # noqa: BLE001 - reported
-            print(f"KERNEL {label(kind, acc, launch)}: failed {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            print(f"KERNEL {label(kind, launch)}: failed {type(exc).__name__}: {str(exc)[:160]}", flush=True)
             torch.cuda.empty_cache()
             reset()
             continue
         reset()
         base_ms.setdefault(kind, ms)
         ok = err <= 5e-3
-        print(f"KERNEL {label(kind, acc, launch):<44} {ms:7.3f} ms ({ms / base_ms[kind]:.3f}x)  err vs default "
+        print(f"KERNEL {label(kind, launch):<44} {ms:7.3f} ms ({ms / base_ms[kind]:.3f}x)  err vs default "
               f"{err:.1e}{'' if ok else ' WRONG'}", flush=True)  # fmt: skip
-        if ok and (kind not in best or ms < best[kind][2]):
-            best[kind] = (acc, launch, ms)
+        if ok and (kind not in best or ms < best[kind][1]):
+            best[kind] = (launch, ms)
     del p
     torch.cuda.empty_cache()
-    BEST_FILE.write_text(json.dumps({k: [v[0], list(v[1]), v[2]] for k, v in best.items()}))
+    BEST_FILE.write_text(json.dumps({k: [list(v[0]), v[1]] for k, v in best.items()}))
     return best
 
 
@@ -230,23 +220,16 @@ def e2e(shape: str, best: dict[str, tuple], nxai: bool) -> None:
         reset()
         bw.FUSED_GLUE = True
 
-    def setup_glue_acc():
-        setup_glue()
-        set_acc(True)
+    def setup_best(glue):
+        reset()
+        bw.FUSED_GLUE = glue
+        fw.LAUNCH_DEFAULTS["16bit"] = {**DEFAULTS, **{kind: fw.Launch(*v[0]) for kind, v in best.items()}}
 
-    def setup_best():
-        setup_glue()
-        launches = dict(DEFAULTS)
-        for kind, (acc, launch, _) in best.items():
-            launches[kind] = fw.Launch(*launch)
-            if kind in ("states", "states_bwd"):
-                fw.STATE_ACC_IN_DOT["16bit"][kind] = acc
-        fw.LAUNCH_DEFAULTS["16bit"] = launches
-
-    setups = {"default": setup_default, "fused glue": setup_glue, "fused glue + acc-in-dot": setup_glue_acc}
+    setups = {"default": setup_default, "fused glue": setup_glue}
     if best:
-        setups["fused glue + per-kernel best"] = setup_best
-        print("E2E per-kernel best:", {k: (v[0], v[1]) for k, v in best.items()}, flush=True)
+        setups["per-kernel best launches"] = lambda: setup_best(False)
+        setups["fused glue + per-kernel best launches"] = lambda: setup_best(True)
+        print("E2E per-kernel best:", {k: v[0] for k, v in best.items()}, flush=True)
     runs = {name: (setup, lambda *x: mc.mlstm_chunkwise_triton(*x, chunk_size=L)[0]) for name, setup in setups.items()}
     if nxai:
         try:
@@ -259,6 +242,8 @@ def e2e(shape: str, best: dict[str, tuple], nxai: bool) -> None:
     ref = None
     for name, (setup, run) in runs.items():
         setup()
+        for t in leaves:  # the previous timing left its last step's gradients
+            t.grad = None
         h = run(*leaves)
         h.backward(grad)
         outs = [h.detach()] + [t.grad.clone() for t in leaves]
@@ -304,7 +289,7 @@ def main() -> None:
     best = kernels(args.shape) if "kernels" in parts else {}
     if "e2e" in parts:
         if not best and BEST_FILE.exists():  # an earlier `--parts kernels` run
-            best = {k: (v[0], tuple(v[1]), v[2]) for k, v in json.loads(BEST_FILE.read_text()).items()}
+            best = {k: (tuple(v[0]), v[1]) for k, v in json.loads(BEST_FILE.read_text()).items()}
         e2e(args.shape, best, args.nxai)
 
 

@@ -25,7 +25,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ..common import dot_precision, pick_block
-from .forward import ChunkwiseConfig, bwd_launch, state_acc_in_dot, state_launch
+from .forward import ChunkwiseConfig, bwd_launch, state_launch
 
 
 @triton.jit
@@ -55,7 +55,7 @@ def _bwd_states_kernel(
     dCs_ptr, dns_ptr, dC0_ptr, dn0_ptr,
     S, NC, scale,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr, ACC_IN_DOT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pk = tl.program_id(0)
     pv = tl.program_id(1)
@@ -93,11 +93,8 @@ def _bwd_states_kernel(
         decay = tl.exp(g + m_k - m_next)
         # 1/norm goes with q (one rounding to q's dtype), so dh enters the product as given
         qan = (qa / norm[:, None]).to(qt.dtype)
-        if ACC_IN_DOT:
-            dC = tl.dot(tl.trans(qan), dht, acc=decay * dC, input_precision=DOT_PREC)
-        else:
-            upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
-            dC = decay * dC + upd  # own accumulator, as in forward.py's state kernel
+        upd = tl.dot(tl.trans(qan), dht, input_precision=DOT_PREC)
+        dC = decay * dC + upd  # own accumulator, as in forward.py's state kernel
         dn = decay * dn + tl.sum(qa * dden[:, None], axis=0)
     tl.store(dC0_ptr + bh * DQK * DV + c_tile, dC)
     if pv == 0:
@@ -400,7 +397,7 @@ def chunk_states_bwd(
     _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
         q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
-        DOT_PREC=dot_precision(q.dtype), ACC_IN_DOT=state_acc_in_dot(q.dtype, backward=True), **launch.kwargs(),
+        DOT_PREC=dot_precision(q.dtype), **launch.kwargs(),
     )  # fmt: skip
     return dCs, dns, dC0, dn0
 

@@ -132,18 +132,6 @@ LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
     },
 }
 
-# Whether the state kernels (forward and backward) take decay * C as their product's accumulator
-# (ACC_IN_DOT) rather than adding the chunk's update from a second float32 tile, by q's dtype.
-STATE_ACC_IN_DOT: dict[str, dict[str, bool]] = {
-    "float32": {"states": False, "states_bwd": False},
-    "16bit": {"states": False, "states_bwd": False},
-}
-
-
-def state_acc_in_dot(dtype: torch.dtype, backward: bool = False) -> bool:
-    return STATE_ACC_IN_DOT["float32" if dtype == torch.float32 else "16bit"]["states_bwd" if backward else "states"]
-
-
 # Whether the fused forward is the default, by q's dtype (ChunkwiseConfig.fused_forward overrides).
 FUSED_FORWARD_DEFAULT: dict[str, bool] = {"float32": False, "16bit": False}
 # The fused kernel holds a (DQK padded to a power of two) x BV float32 state and L x DQK q, k tiles
@@ -299,7 +287,7 @@ def _fwd_states_kernel(
     Cf_ptr, nf_ptr,
     S, NC,
     L: tl.constexpr, DQK: tl.constexpr, DV: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_INIT: tl.constexpr, DOT_PREC: tl.constexpr, ACC_IN_DOT: tl.constexpr,
+    HAS_INIT: tl.constexpr, DOT_PREC: tl.constexpr,
 ):  # fmt: skip
     pk = tl.program_id(0)
     pv = tl.program_id(1)
@@ -333,13 +321,10 @@ def _fwd_states_kernel(
         kc = tl.load(k_ptr + (bh * S + t[:, None]) * DQK + offs_k[None, :], mask=mask_t[:, None], other=0.0)
         vc = tl.load(v_ptr + (bh * S + t[:, None]) * DV + offs_v[None, :], mask=mask_t[:, None], other=0.0)
         kw = kc.to(tl.float32) * w[:, None]
-        if ACC_IN_DOT:  # decay * C as the dot's accumulator: no second (BK, BV) float32 tile live
-            C = tl.dot(tl.trans(kw.to(kc.dtype)), vc, acc=decay * C, input_precision=DOT_PREC)
-        else:
-            # the chunk's update in its own accumulator, not fused into C's: with C as the dot's
-            # accumulator, Triton 3.6 on an H100 gave wrong chunk-start states at L 128, 128 x 128 tiles
-            upd = tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
-            C = decay * C + upd
+        # the chunk's update in its own accumulator, not fused into C's: with C as the dot's
+        # accumulator, Triton 3.6 on an H100 gave wrong chunk-start states at L 128, 128 x 128 tiles
+        upd = tl.dot(tl.trans(kw.to(kc.dtype)), vc, input_precision=DOT_PREC)
+        C = decay * C + upd
         n = decay * n + tl.sum(kw, axis=0)
         m = m_next
     tl.store(Cf_ptr + bh * DQK * DV + c_tile, C)
@@ -586,7 +571,7 @@ def chunk_states_fwd(
     _fwd_states_kernel[grid](
         k, v, lf, ig, C0, n0, m0, Cs, ns, ms, Cf, nf, S, NC,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INIT=init is not None,
-        DOT_PREC=dot_precision(k.dtype), ACC_IN_DOT=state_acc_in_dot(k.dtype), **launch.kwargs(),
+        DOT_PREC=dot_precision(k.dtype), **launch.kwargs(),
     )  # fmt: skip
     return Cs, ns, ms, Cf, nf
 
