@@ -23,7 +23,7 @@ sys.meta_path = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
-from xlstm_edge.kernels.mlstm_chunkwise.backward import _bwd_states_kernel  # noqa: E402
+from xlstm_edge.kernels.mlstm_chunkwise.backward import _bwd_inputs_kernel, _bwd_states_kernel  # noqa: E402
 from xlstm_edge.kernels.mlstm_chunkwise.forward import _fwd_output_kernel, _fwd_states_kernel  # noqa: E402
 
 # the PTX version the bundled ptxas reads (Triton 3.6 ships CUDA 12.8's: 8.7; 3.9's reads 8.8)
@@ -32,7 +32,12 @@ PTRS = {
     "states": (_fwd_states_kernel, "k v", "lf ig C0 n0 m0", "Cs", "ns ms Cf nf", "S NC", ""),
     "states_bwd": (_bwd_states_kernel, "q dh", "lf ig mpos norm dden ms dCf dnf", "dCs", "dns dC0 dn0", "S NC", "scale"),
     "output": (_fwd_output_kernel, "q k v", "lf ig", "Cs", "ns ms", "", ""),
+    "bwd": (_bwd_inputs_kernel,),
 }
+# (name, type) of _bwd_inputs_kernel's run-time arguments
+BWD_ARGS = [(n, "*bf16") for n in "q k v dh".split()] + [(n, "*fp32") for n in "lf ig mpos norm dden".split()] + [
+    ("Cs", "*bf16"), ("ns", "*fp32"), ("ms", "*fp32"), ("dCs", "*bf16"), ("dns", "*fp32")] + [
+    (n, "*bf16") for n in "dq dk dv".split()] + [(n, "*fp32") for n in "kdk cross qa ke share".split()]
 
 
 def report(spec: str) -> str:
@@ -41,7 +46,11 @@ def report(spec: str) -> str:
     bk, bv, warps, stages, maxnreg = (int(x) for x in parts[1:6])
     fn = PTRS[kind][0]
     sig = {}
-    if kind == "output":
+    if kind == "bwd":
+        sig = {n + "_ptr": t for n, t in BWD_ARGS}
+        sig.update({"S": "i32", "NC": "i32", "scale": "fp32", "NK": "i32", "NV": "i32"})
+        const = dict(L=64, DQK=256, DV=512, BK=bk, BV=bv, DOT_PREC="tf32")
+    elif kind == "output":
         for n in "q k v".split():
             sig[n + "_ptr"] = "*bf16"
         for n in "lf ig".split():
