@@ -7,10 +7,11 @@ shape (default xLSTM 7B heads at 65k tokens: B 8, NH 8, S 8192, DQK 256, DV 512,
               problem), for launch variants: register caps (Launch.maxnreg) that let more blocks share a
               multiprocessor, tiles, pipelining depth; every
               variant's outputs checked against the default launch's (norm-wise relative error)
-    e2e       fwd and fwd+bwd (do_bench median) of the default, with the backward glue as two Triton
-              kernels (backward.FUSED_GLUE), with the per-kernel winners (with and without the glue),
-              and NX-AI limit_chunk when importable; h and every gradient of each against the
-              default's
+    e2e       fwd and fwd+bwd (do_bench median) of the previous default (f8898a5: PyTorch glue, output
+              kernel 64x128/8/3), the default (backward.FUSED_GLUE, backward.OVERLAP_GRAD_TERMS, the
+              output kernel's register cap), the default without the side stream, the per-kernel
+              winners of `kernels` when run, and NX-AI limit_chunk when importable; h and every
+              gradient of each against the first row's
 
 Usage (CUDA machine, repository root, the shadow package of bench/gpu_env.sh on the path):
     python bench/glue_probe.py warm          compile every variant in worker processes (small problem)
@@ -74,9 +75,20 @@ def apply(kind: str, launch: tuple) -> None:
     fw.LAUNCH_DEFAULTS["16bit"] = {**DEFAULTS, kind: fw.Launch(*launch)}
 
 
+GLUE0, OVERLAP0 = bw.FUSED_GLUE, bw.OVERLAP_GRAD_TERMS
+# the default before this branch (commit f8898a5): PyTorch glue, in line, output kernel 64x128/8/3
+PREVIOUS = {"output": fw.Launch(64, 128, 8, 3)}
+
+
 def reset() -> None:
+    """The defaults as imported."""
     fw.LAUNCH_DEFAULTS["16bit"] = dict(DEFAULTS)
-    bw.FUSED_GLUE = False
+    bw.FUSED_GLUE, bw.OVERLAP_GRAD_TERMS = GLUE0, OVERLAP0
+
+
+def previous() -> None:
+    fw.LAUNCH_DEFAULTS["16bit"] = {**DEFAULTS, **PREVIOUS}
+    bw.FUSED_GLUE = bw.OVERLAP_GRAD_TERMS = False
 
 
 def label(kind, launch) -> str:
@@ -95,20 +107,21 @@ def _warm(jobs) -> list[str]:
         except Exception as err:  # noqa: BLE001 - reported, the variant is skipped later
             out.append(f"{label(kind, launch)}: {type(err).__name__}: {str(err)[:160]}")
         reset()
-    # the glue kernels in a whole fwd+bwd (same specialisation as S 8192)
-    bw.FUSED_GLUE = True
-    leaves, grad = inputs("1x1x1024x256x512")
-    mc.mlstm_chunkwise_triton(*leaves, chunk_size=L)[0].backward(grad)
-    torch.cuda.synchronize()
+    # whole fwd+bwd of the previous and the current default (same specialisation as S 8192)
+    for setup in (previous, reset):
+        setup()
+        leaves, grad = inputs("1x1x1024x256x512")
+        mc.mlstm_chunkwise_triton(*leaves, chunk_size=L)[0].backward(grad)
+        torch.cuda.synchronize()
     reset()
     return out
 
 
-def warm(workers: int = 12) -> None:
-    slices = [VARIANTS[j::workers] for j in range(workers)]
+def warm(workers: int = 12, variants: bool = True) -> None:
+    slices = [VARIANTS[j::workers] if variants else [] for j in range(workers if variants else 1)]
     with mp.get_context("spawn").Pool(workers) as pool:
         errs = sum(pool.map(_warm, slices), [])
-    print(f"WARM {len(VARIANTS)} variants compiled, {len(errs)} failed", flush=True)
+    print(f"WARM {len(VARIANTS) if variants else 0} variants and the e2e defaults compiled, {len(errs)} failed", flush=True)
     for e in errs:
         print("WARM failed:", e, flush=True)
 
@@ -213,22 +226,18 @@ def e2e(shape: str, best: dict[str, tuple], nxai: bool) -> None:
     flops = th * (4 * DQK * DV + 2 * L * (DQK + DV)) + th * (10 * DQK * DV + 2 * L * (3 * DQK + 2 * DV))
     leaves, grad = inputs(shape)
 
-    def setup_default():
+    def no_overlap():
         reset()
-
-    def setup_glue():
-        reset()
-        bw.FUSED_GLUE = True
+        bw.OVERLAP_GRAD_TERMS = False
 
     def setup_best(glue):
         reset()
         bw.FUSED_GLUE = glue
         fw.LAUNCH_DEFAULTS["16bit"] = {**DEFAULTS, **{kind: fw.Launch(*v[0]) for kind, v in best.items()}}
 
-    setups = {"default": setup_default, "fused glue": setup_glue}
+    setups = {"previous default (f8898a5)": previous, "default": reset, "default, no overlap": no_overlap}
     if best:
-        setups["per-kernel best launches"] = lambda: setup_best(False)
-        setups["fused glue + per-kernel best launches"] = lambda: setup_best(True)
+        setups["per-kernel best launches"] = lambda: setup_best(GLUE0)
         print("E2E per-kernel best:", {k: v[0] for k, v in best.items()}, flush=True)
     runs = {name: (setup, lambda *x: mc.mlstm_chunkwise_triton(*x, chunk_size=L)[0]) for name, setup in setups.items()}
     if nxai:
@@ -277,15 +286,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=12)
     args = ap.parse_args()
     if args.mode == "warm":
-        warm(args.workers)
+        warm(args.workers, "kernels" in args.parts.split(","))
         return
     parts = args.parts.split(",")
     if "profile" in parts:
+        previous()
+        profile(args.shape, "previous default (f8898a5)")
         reset()
         profile(args.shape, "default")
-        bw.FUSED_GLUE = True
-        profile(args.shape, "fused glue")
-        reset()
     best = kernels(args.shape) if "kernels" in parts else {}
     if "e2e" in parts:
         if not best and BEST_FILE.exists():  # an earlier `--parts kernels` run

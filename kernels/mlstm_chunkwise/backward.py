@@ -230,8 +230,13 @@ def _bwd_inputs_kernel(
 
 # Whether the backward's per-position glue runs as two Triton kernels (`output_grad_terms_fused`,
 # `gate_grads_fused`) instead of the PyTorch forms below (`output_grad_terms`, `gate_grads` and the
-# sigmoid for d f: some 60 small launches on (B * NH, S) tensors). Read at call time.
-FUSED_GLUE = False
+# sigmoid for d f: 61 small launches on (B * NH, S) tensors, 0.20 ms of an H100 at 7B heads, B 8,
+# S 8192, against 0.05 ms for `_gate_grads_kernel`; `_bwd_norm_kernel` takes `_bwd_delta_kernel`'s
+# 0.38 ms). Read at call time.
+FUSED_GLUE = True
+# Whether, on CUDA, the normaliser's terms (`output_grad_terms*`) run on a side stream beside the
+# backward's state recompute (function.py); without a recompute (keep_states) they run in line.
+OVERLAP_GRAD_TERMS = True
 
 
 @triton.jit
