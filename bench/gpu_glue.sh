@@ -6,15 +6,27 @@
 # GLUE_STAGES: any of "verify time" (default both). TESTS: "all" (bench/gpu_check.sh STAGES=tests:
 # tests/kernels/test_gpu.py and the `gpu` tests of tests/test_train.py, default) or "kernels"
 # (tests/kernels/test_gpu.py only). PROBE_PARTS: glue_probe.py's --parts (default profile,kernels,e2e).
+# SWEEP_FIRST=1: glue_probe.py's per-kernel variants first, on the idle GPU; a state-kernel launch
+# that beats the default by 2% (glue_probe.py override) is put in force (XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT)
+# for the tests, memcheck and timings that follow (PROBE_PARTS then defaults to e2e).
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 GLUE_STAGES=${GLUE_STAGES:-verify time}
-PROBE_PARTS=${PROBE_PARTS:-profile,kernels,e2e}
 has() { [[ " $GLUE_STAGES " == *" $1 "* ]]; }
 {
     machine_header
     cat COMMIT 2>/dev/null || true
-    echo "16-bit launch override: ${XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT:-none}"
 } 2>&1 | tee "$OUT/glue.log"
+if [ -n "${SWEEP_FIRST:-}" ]; then
+    timeout "${WARM_TIMEOUT:-120}" python3 bench/glue_probe.py warm --parts kernels 2>&1 | grep WARM | tee -a "$OUT/glue.log"
+    timeout "${KERNELS_TIMEOUT:-90}" python3 bench/glue_probe.py --parts kernels 2>&1 | grep -v Warning | tee -a "$OUT/glue.log"
+    over=$(python3 bench/glue_probe.py override 2>/dev/null)
+    if [ -n "$over" ] && [ -z "${XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT:-}" ]; then
+        export XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT="$over"
+    fi
+    PROBE_PARTS=${PROBE_PARTS:-e2e}
+fi
+PROBE_PARTS=${PROBE_PARTS:-profile,kernels,e2e}
+echo "16-bit launch override: ${XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT:-none}" | tee -a "$OUT/glue.log"
 (timeout "${WARM_TIMEOUT:-200}" python3 bench/glue_probe.py warm --parts "$PROBE_PARTS" >"$OUT/warm.log" 2>&1) &
 warm_pid=$!
 if has verify; then
