@@ -8,7 +8,8 @@
 # (tests/kernels/test_gpu.py only). PROBE_PARTS: glue_probe.py's --parts (default profile,kernels,e2e).
 # SWEEP_FIRST=1: glue_probe.py's per-kernel variants first, on the idle GPU; a state-kernel launch
 # that beats the default by 2% (glue_probe.py override) is put in force (XLSTM_EDGE_CHUNKWISE_LAUNCH_16BIT)
-# for the tests, memcheck and timings that follow (PROBE_PARTS then defaults to e2e).
+# for the tests, memcheck and timings that follow (PROBE_PARTS then defaults to e2e). FLAKE=1:
+# bench/flake_probe.py before everything.
 source bench/gpu_env.sh  # strict mode, $OUT, $ROOT, the shadow package ($SHADOW)
 GLUE_STAGES=${GLUE_STAGES:-verify time}
 has() { [[ " $GLUE_STAGES " == *" $1 "* ]]; }
@@ -16,6 +17,9 @@ has() { [[ " $GLUE_STAGES " == *" $1 "* ]]; }
     machine_header
     cat COMMIT 2>/dev/null || true
 } 2>&1 | tee "$OUT/glue.log"
+if [ -n "${FLAKE:-}" ]; then  # bench/flake_probe.py first, on the idle GPU
+    timeout "${FLAKE_TIMEOUT:-90}" python3 bench/flake_probe.py 2>&1 | grep -v Warning | tee -a "$OUT/glue.log"
+fi
 if [ -n "${SWEEP_FIRST:-}" ]; then
     timeout "${WARM_TIMEOUT:-120}" python3 bench/glue_probe.py warm --parts kernels 2>&1 | grep WARM | tee -a "$OUT/glue.log"
     timeout "${KERNELS_TIMEOUT:-90}" python3 bench/glue_probe.py --parts kernels 2>&1 | grep -v Warning | tee -a "$OUT/glue.log"

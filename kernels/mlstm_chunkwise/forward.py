@@ -115,10 +115,11 @@ class Launch:
 # stages (bench/tune_chunkwise.py on an H100, 2026-12-07, 7B heads, S 8192: forward state kernel 2.14
 # -> 1.67 ms, backward 2.35 -> 1.90 ms against 128 x 128 tiles, 8 warps, 3 stages, whose 255-register
 # programs ran one 8-warp block per multiprocessor; fwd+bwd and the GPU tests: bench/results/kernels.md).
-# The output kernel: 2 stages with at most 128 registers a thread (151 uncapped, no spills at the cap:
-# bench/state_ptxas.py), so two 8-warp blocks share a multiprocessor: 1.60 -> 1.50 ms on an H100 at 7B
-# heads, S 8192 (bench/glue_probe.py, 2026-12-07); the same cap with 3 stages ran 1.39 ms but gave
-# h 1.3e-2 away from the uncapped launch's (Triton 3.6 deep-pipelining miscompile, as before).
+# Not taken (H100, 2026-12-07, bench/results/kernels.md): the output kernel capped at 128 registers a
+# thread (Launch.maxnreg; 151 uncapped, no spills at the cap) so that two 8-warp blocks share a
+# multiprocessor: 1.60 -> 1.50 ms at 7B heads, S 8192 with 2 stages, but in one plain GPU test run h
+# came out 1.09e-2 from float64 at the `grid` shape (64/128 heads, bf16; 2.4e-3 in every other run);
+# with 3 stages 1.39 ms and h 1.3e-2 from the uncapped launch's at 7B heads.
 LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
     "float32": {
         "output": Launch(0, 0, 8, 2),
@@ -128,7 +129,7 @@ LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
         "fused": Launch(0, 32, 8, 1),
     },
     "16bit": {
-        "output": Launch(64, 128, 8, 2, 128),
+        "output": Launch(64, 128, 8, 3),
         "bwd": Launch(64, 128, 8, 3),
         "states": Launch(64, 128, 4, 2),
         "states_bwd": Launch(64, 128, 4, 2),
