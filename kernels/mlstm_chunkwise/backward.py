@@ -228,53 +228,16 @@ def _bwd_inputs_kernel(
         tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
 
 
-# Whether the backward's per-position glue runs as two Triton kernels (`output_grad_terms_fused`,
-# `gate_grads_fused`) instead of the PyTorch forms below (`output_grad_terms`, `gate_grads` and the
-# sigmoid for d f: 61 small launches on (B * NH, S) tensors, 0.20 ms of an H100 at 7B heads, B 8,
-# S 8192, against 0.05 ms for `_gate_grads_kernel`; `_bwd_norm_kernel` takes `_bwd_delta_kernel`'s
-# 0.38 ms). Read at call time.
+# Whether the backward's gate gradients run as one Triton kernel (`gate_grads_fused`: `gate_grads` and
+# the sigmoid for d f, some 48 small PyTorch launches on (B * NH, S) tensors) instead of the PyTorch
+# forms below. On an H100 at 7B heads, B 8, S 8192 the backward's PyTorch glue took 0.20 ms in 61
+# launches; `_gate_grads_kernel` 0.05 ms. (A kernel for `output_grad_terms` too, with Triton's
+# approximate exp and division, was dropped: with it one float32 GPU test at S = 1 gave d i 3.8e-5
+# from float64, bound 1e-5; bench/results/kernels.md.) Read at call time.
 FUSED_GLUE = True
-# Whether, on CUDA, the normaliser's terms (`output_grad_terms*`) run on a side stream beside the
+# Whether, on CUDA, the normaliser's terms (`output_grad_terms`) run on a side stream beside the
 # backward's state recompute (function.py); without a recompute (keep_states) they run in line.
 OVERLAP_GRAD_TERMS = True
-
-
-@triton.jit
-def _bwd_norm_kernel(
-    h_ptr, dh_ptr, mpos_ptr, den_ptr, norm_ptr, dden_ptr, dm_ptr, S, eps,
-    DV: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr,
-):  # fmt: skip
-    """`output_grad_terms` in one kernel: delta = dh . h over DV, then norm, dden, dm per position."""
-    pt = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    t = pt * BT + tl.arange(0, BT)
-    mask_t = t < S
-    acc = tl.zeros((BT,), dtype=tl.float32)
-    for vt in range(DV // BV):
-        offs_v = vt * BV + tl.arange(0, BV)
-        ptrs = (bh * S + t[:, None]) * DV + offs_v[None, :]
-        hh = tl.load(h_ptr + ptrs, mask=mask_t[:, None], other=0.0).to(tl.float32)
-        dd = tl.load(dh_ptr + ptrs, mask=mask_t[:, None], other=0.0).to(tl.float32)
-        acc += tl.sum(hh * dd, axis=1)
-    m = tl.load(mpos_ptr + bh * S + t, mask=mask_t, other=0.0)
-    den = tl.load(den_ptr + bh * S + t, mask=mask_t, other=0.0)
-    floor = tl.exp(-m)
-    norm = tl.maximum(tl.abs(den), floor) + eps
-    s = acc / norm
-    dden = tl.where(tl.abs(den) > floor, tl.where(den > 0, -s, s), 0.0)
-    tl.store(norm_ptr + bh * S + t, norm, mask=mask_t)
-    tl.store(dden_ptr + bh * S + t, dden, mask=mask_t)
-    tl.store(dm_ptr + bh * S + t, -eps * s, mask=mask_t)
-
-
-def output_grad_terms_fused(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: float):
-    """`output_grad_terms` (same arguments and results) as one kernel."""
-    BH, S, DV = h.shape
-    norm, dden, dm = (torch.empty(BH, S, device=h.device, dtype=torch.float32) for _ in range(3))
-    _bwd_norm_kernel[(triton.cdiv(S, 64), BH)](
-        h, dh, m_pos, den, norm, dden, dm, S, eps, DV=DV, BT=64, BV=pick_block(DV)
-    )
-    return norm, dden, dm
 
 
 @triton.jit

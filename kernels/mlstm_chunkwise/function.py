@@ -22,7 +22,6 @@ from .backward import (
     gate_grads,
     gate_grads_fused,
     output_grad_terms,
-    output_grad_terms_fused,
 )
 from .forward import (
     ChunkwiseConfig,
@@ -117,7 +116,7 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
         dm_final = None if dmf is None else dmf.reshape(BH).float()
 
         fused_glue = _backward.FUSED_GLUE
-        grad_terms = output_grad_terms_fused if fused_glue else output_grad_terms
+        grad_terms = output_grad_terms
         if Cs is None and q.is_cuda and _backward.OVERLAP_GRAD_TERMS:
             # the normaliser's terms (memory-bound) on a side stream, beside the state recompute
             # (latency-bound, leaving bandwidth and room on every multiprocessor): both only read
