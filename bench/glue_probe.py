@@ -7,11 +7,11 @@ shape (default xLSTM 7B heads at 65k tokens: B 8, NH 8, S 8192, DQK 256, DV 512,
               problem), for launch variants: register caps (Launch.maxnreg) that let more blocks share a
               multiprocessor, tiles, pipelining depth; every
               variant's outputs checked against the default launch's (norm-wise relative error)
-    e2e       fwd and fwd+bwd (do_bench median) of the previous default (f8898a5: PyTorch glue, output
-              kernel 64x128/8/3), the default (backward.FUSED_GLUE, backward.OVERLAP_GRAD_TERMS, the
-              output kernel's register cap), the default without the side stream, the per-kernel
-              winners of `kernels` when run, and NX-AI limit_chunk when importable; h and every
-              gradient of each against the first row's
+    e2e       fwd and fwd+bwd (do_bench median) of the previous default (f8898a5: its four launches,
+              the PyTorch glue in line), the default (backward.FUSED_GLUE: the gate gradients as one
+              kernel; backward.OVERLAP_GRAD_TERMS: the normaliser's terms on a side stream), the
+              default without the side stream, the per-kernel winners of `kernels` when run, and NX-AI
+              limit_chunk when importable; h and every gradient of each against the first row's
 
 Usage (CUDA machine, repository root, the shadow package of bench/gpu_env.sh on the path):
     python bench/glue_probe.py warm          compile every variant in worker processes (small problem)
