@@ -228,6 +228,104 @@ def _bwd_inputs_kernel(
         tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
 
 
+# Whether the backward's gate gradients run as one Triton kernel (`gate_grads_fused`: `gate_grads` and
+# the sigmoid for d f, some 48 small PyTorch launches on (B * NH, S) tensors) instead of the PyTorch
+# forms below. On an H100 at 7B heads, B 8, S 8192 the backward's PyTorch glue took 0.20 ms in 61
+# launches; `_gate_grads_kernel` 0.05 ms. (A kernel for `output_grad_terms` too, with Triton's
+# approximate exp and division, was dropped: with it one float32 GPU test at S = 1 gave d i 3.8e-5
+# from float64, bound 1e-5; bench/results/kernels.md.) Read at call time.
+FUSED_GLUE = True
+# Whether, on CUDA, the normaliser's terms (`output_grad_terms`) run on a side stream beside the
+# backward's state recompute (function.py); without a recompute (keep_states) they run in line.
+OVERLAP_GRAD_TERMS = True
+
+
+@triton.jit
+def _linear_combine(a1, x1, a2, x2):
+    """Compose y -> x1 + a1 y (earlier in scan order) with y -> x2 + a2 y (later)."""
+    return a1 * a2, x2 + a2 * x1
+
+
+@triton.jit
+def _gate_grads_kernel(
+    f_ptr, ig_ptr, mpos_ptr, kdk_ptr, cross_ptr, qa_ptr, ke_ptr, dmpos_ptr, share_ptr, dmf_ptr, fshare_ptr,
+    df_ptr, di_ptr, dm0_ptr,
+    S, NC, NB,
+    L: tl.constexpr, R: tl.constexpr, HAS_DMF: tl.constexpr, HAS_FSHARE: tl.constexpr,
+):  # fmt: skip
+    """`gate_grads` and d f = d logf sigmoid(-f) for one row (b, h): blocks of R chunks from the last,
+    each block's tokens in reversed order (scan position p <-> token blk BT + BT - 1 - p), so suffix
+    sums are forward scans. The stabilizer path acc_t = dm_t + [m_{t+1} > i_{t+1}] acc_{t+1} is a
+    linear scan carried across blocks: summed term by term, not as a difference of suffix sums."""
+    BT: tl.constexpr = R * L
+    bh = tl.program_id(0).to(tl.int64)
+    row = bh * S
+    pos = tl.arange(0, BT)
+    carry = tl.full((), 0.0, tl.float32)
+    for bb in range(NB):
+        blk = NB - 1 - bb
+        t = blk * BT + BT - 1 - pos
+        mask = t < S
+        kdk = tl.load(kdk_ptr + row + t, mask=mask, other=0.0)
+        cross = tl.load(cross_ptr + row + t, mask=mask, other=0.0)
+        qa = tl.reshape(tl.load(qa_ptr + row + t, mask=mask, other=0.0), (R, L))
+        ke = tl.reshape(tl.load(ke_ptr + row + t, mask=mask, other=0.0), (R, L))
+        share = tl.load(share_ptr + bh * NC + t // L, mask=mask, other=0.0)
+        # rows of the (R, L) view are chunks, each reversed: the sum over t' >= t in t's chunk is the
+        # inclusive scan along the row; the sum over j < t in the chunk, the reversed scan less itself
+        qa_after = tl.reshape(tl.cumsum(qa, axis=1), (BT,))
+        ke_before = tl.reshape(tl.cumsum(ke, axis=1, reverse=True) - ke, (BT,))
+        within = cross + qa_after + ke_before + share
+        dm = tl.load(dmpos_ptr + row + t, mask=mask, other=0.0)
+        if HAS_DMF:
+            dm = tl.where(t == S - 1, dm + tl.load(dmf_ptr + bh), dm)
+        if HAS_FSHARE:
+            dm = tl.where(t == S - 1, dm - tl.load(fshare_ptr + bh), dm)
+        reset = tl.load(mpos_ptr + row + t, mask=mask, other=0.0) <= tl.load(ig_ptr + row + t, mask=mask, other=0.0)
+        # token t + 1 (the previous scan position): its reset stops the flow into t
+        nxt = mask & (t + 1 < S)
+        reset_next = tl.load(mpos_ptr + row + t + 1, mask=nxt, other=0.0) <= tl.load(
+            ig_ptr + row + t + 1, mask=nxt, other=0.0
+        )
+        gate = tl.where(reset_next, 0.0, 1.0)
+        a_scan, x_scan = tl.associative_scan((gate, dm), 0, _linear_combine)
+        acc = x_scan + a_scan * carry
+        carry = tl.sum(tl.where(pos == BT - 1, acc, 0.0), axis=0)  # acc at the block's first token
+        di = kdk + tl.where(reset, acc, 0.0)
+        dlf = within + tl.where(reset, 0.0, acc)
+        f = tl.load(f_ptr + row + t, mask=mask, other=0.0).to(tl.float32)
+        tl.store(df_ptr + row + t, dlf * tl.sigmoid(-f), mask=mask)
+        tl.store(di_ptr + row + t, di, mask=mask)
+    reset0 = tl.load(mpos_ptr + row) <= tl.load(ig_ptr + row)
+    tl.store(dm0_ptr + bh, tl.where(reset0, 0.0, carry))
+
+
+def gate_grads_fused(
+    f: Tensor, ig: Tensor, m_pos: Tensor, kdk: Tensor, cross: Tensor, qa: Tensor, ke: Tensor, dm_pos: Tensor,
+    chunk_shares: Tensor, chunk_size: int, final_share: Tensor | None, dm_final: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """`gate_grads` (the initial m's value is not needed) and the forget pre-activation's gradient in one
+    kernel: f (BH, S) the forget pre-activations (any float dtype). Returns d f (BH,S) float32 (d logf
+    times sigmoid(-f)), d i (BH,S), d m0 (BH,): the stabilizer-path share, as `gate_grads`."""
+    BH, S = ig.shape
+    NC = chunk_shares.shape[1]
+    L = chunk_size
+    R = max(1, min(8, triton.next_power_of_2(NC)))
+    # autograd may hand over expanded (stride 0) gradients, e.g. of m.sum(): the kernel reads rows
+    f, dm_final, final_share = (x if x is None else x.contiguous() for x in (f, dm_final, final_share))
+    NB = triton.cdiv(S, R * L)
+    df = torch.empty(BH, S, device=ig.device, dtype=torch.float32)
+    di = torch.empty_like(df)
+    dm0 = torch.empty(BH, device=ig.device, dtype=torch.float32)
+    _gate_grads_kernel[(BH,)](
+        f, ig, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares,
+        dm_final if dm_final is not None else dm0, final_share if final_share is not None else dm0,
+        df, di, dm0, S, NC, NB,
+        L=L, R=R, HAS_DMF=dm_final is not None, HAS_FSHARE=final_share is not None, num_warps=4,
+    )  # fmt: skip
+    return df, di, dm0
+
+
 def output_grad_terms(h: Tensor, dh: Tensor, m_pos: Tensor, den: Tensor, eps: float):
     """Per-position pieces of dh's effect through the normaliser.
 
@@ -267,7 +365,7 @@ def chunk_states_bwd(
     _bwd_states_kernel[(DQK // BK, DV // BV, BH)](
         q, dh, lf, ig, m_pos, norm, dden, ms, dCf, dnf, dCs, dns, dC0, dn0, S, NC, DQK**-0.5,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_DFINAL=dfinal is not None,
-        DOT_PREC=dot_precision(q.dtype), num_warps=launch.num_warps, num_stages=launch.num_stages,
+        DOT_PREC=dot_precision(q.dtype), **launch.kwargs(),
     )  # fmt: skip
     return dCs, dns, dC0, dn0
 
@@ -294,8 +392,7 @@ def chunk_inputs_bwd(
     _bwd_inputs_kernel[(NC, BH)](
         q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, kdk, cross, qa, ke, shares,
         S, NC, DQK**-0.5, DQK // BK, DV // BV,
-        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype), **launch.kwargs(),
     )  # fmt: skip
     return dq, dk, dv, kdk, cross, qa, ke, shares
 

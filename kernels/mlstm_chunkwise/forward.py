@@ -96,6 +96,14 @@ class Launch:
     block_v: int
     num_warps: int
     num_stages: int
+    maxnreg: int = 0  # a cap on registers per thread (Triton's maxnreg), 0: none
+
+    def kwargs(self) -> dict[str, int]:
+        """Triton launch options: warps, stages and, when set, the register cap."""
+        kw = {"num_warps": self.num_warps, "num_stages": self.num_stages}
+        if self.maxnreg:
+            kw["maxnreg"] = self.maxnreg
+        return kw
 
 
 # What ChunkwiseConfig's zeros resolve to, per kernel, by q's dtype: (block_k, block_v, warps, stages).
@@ -107,6 +115,11 @@ class Launch:
 # stages (bench/tune_chunkwise.py on an H100, 2026-12-07, 7B heads, S 8192: forward state kernel 2.14
 # -> 1.67 ms, backward 2.35 -> 1.90 ms against 128 x 128 tiles, 8 warps, 3 stages, whose 255-register
 # programs ran one 8-warp block per multiprocessor; fwd+bwd and the GPU tests: bench/results/kernels.md).
+# Not taken (H100, 2026-12-07, bench/results/kernels.md): the output kernel capped at 128 registers a
+# thread (Launch.maxnreg; 151 uncapped, no spills at the cap) so that two 8-warp blocks share a
+# multiprocessor: 1.60 -> 1.50 ms at 7B heads, S 8192 with 2 stages, but in one plain GPU test run h
+# came out 1.09e-2 from float64 at the `grid` shape (64/128 heads, bf16; 2.4e-3 in every other run);
+# with 3 stages 1.39 ms and h 1.3e-2 from the uncapped launch's at 7B heads.
 LAUNCH_DEFAULTS: dict[str, dict[str, Launch]] = {
     "float32": {
         "output": Launch(0, 0, 8, 2),
@@ -173,7 +186,7 @@ def _chunk_launch(
     stages_set = bool(stages)
     if not stages:
         stages = d.num_stages if (bk < dqk and bv < dv) else min(d.num_stages, 2)
-    return Launch(bk, bv, warps or d.num_warps, stages), stages_set
+    return Launch(bk, bv, warps or d.num_warps, stages, d.maxnreg), stages_set
 
 
 def output_launch(dqk: int, dv: int, config: ChunkwiseConfig, dtype: torch.dtype) -> Launch:
@@ -241,7 +254,7 @@ def state_launch(
     if dqk % bk or dv % bv:
         raise ValueError(f"state tiles ({bk}, {bv}) must divide (DQK {dqk}, DV {dv})")
     warps = warps or (8 if bk * bv >= 64 * 128 else 4)
-    return Launch(bk, bv, warps, stages)
+    return Launch(bk, bv, warps, stages, d.maxnreg)
 
 
 @triton.jit
@@ -563,7 +576,7 @@ def chunk_states_fwd(
     _fwd_states_kernel[grid](
         k, v, lf, ig, C0, n0, m0, Cs, ns, ms, Cf, nf, S, NC,
         L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, HAS_INIT=init is not None,
-        DOT_PREC=dot_precision(k.dtype), num_warps=launch.num_warps, num_stages=launch.num_stages,
+        DOT_PREC=dot_precision(k.dtype), **launch.kwargs(),
     )  # fmt: skip
     return Cs, ns, ms, Cf, nf
 
@@ -583,7 +596,6 @@ def chunk_output_fwd(
     den = torch.empty(BH, S, device=q.device, dtype=torch.float32)
     _fwd_output_kernel[(NC, BH)](
         q, k, v, lf, ig, Cs, ns, ms, h, m_pos, den, S, NC, DQK**-0.5, eps, DQK // BK, DV // BV,
-        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype),
-        num_warps=launch.num_warps, num_stages=launch.num_stages,
+        L=chunk_size, DQK=DQK, DV=DV, BK=BK, BV=BV, DOT_PREC=dot_precision(q.dtype), **launch.kwargs(),
     )  # fmt: skip
     return h, m_pos, den

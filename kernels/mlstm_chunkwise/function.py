@@ -15,7 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..common import KERNEL_DTYPES, check_float, check_shape, check_triton_device, is_pow2
-from .backward import chunk_inputs_bwd, chunk_states_bwd, gate_grads, output_grad_terms
+from . import backward as _backward
+from .backward import (
+    chunk_inputs_bwd,
+    chunk_states_bwd,
+    gate_grads,
+    gate_grads_fused,
+    output_grad_terms,
+)
 from .forward import (
     ChunkwiseConfig,
     _chunk_launch,
@@ -26,6 +33,15 @@ from .forward import (
 )
 
 MLSTMState = tuple[Tensor, Tensor, Tensor]  # (C, n, m)
+_SIDE_STREAMS: dict[torch.device, torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device) -> torch.cuda.Stream:
+    """One side stream per device for the backward's overlapped launch (backward.OVERLAP_GRAD_TERMS)."""
+    if device not in _SIDE_STREAMS:
+        _SIDE_STREAMS[device] = torch.cuda.Stream(device)
+    return _SIDE_STREAMS[device]
+
 # Largest chunk on CUDA. L = 128 (L x L float32 tiles in the per-chunk kernels) compiled on an H100
 # (Triton 3.6) but gave wrong h and gradients in some runs and not others, with either pipelining
 # depth, while the state kernels agreed tile for tile: a race or miscompile not found yet (2026-11-23).
@@ -99,19 +115,40 @@ class MLSTMChunkwiseFunction(torch.autograd.Function):
             final_share = (Cf * dCf).sum((-2, -1)) + (nf * dnf).sum(-1)
         dm_final = None if dmf is None else dmf.reshape(BH).float()
 
-        norm, dden, dm_pos = output_grad_terms(h, dh, m_pos, den, eps)
-        if Cs is None:  # not kept by the forward (ChunkwiseConfig.keep_states): recompute
+        fused_glue = _backward.FUSED_GLUE
+        grad_terms = output_grad_terms
+        if Cs is None and q.is_cuda and _backward.OVERLAP_GRAD_TERMS:
+            # the normaliser's terms (memory-bound) on a side stream, beside the state recompute
+            # (latency-bound, leaving bandwidth and room on every multiprocessor): both only read
+            main = torch.cuda.current_stream(q.device)
+            side = _side_stream(q.device)
+            ready = main.record_event()
             Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
+            side.wait_event(ready)
+            with torch.cuda.stream(side):
+                norm, dden, dm_pos = grad_terms(h, dh, m_pos, den, eps)
+            main.wait_stream(side)
+            for t in (norm, dden, dm_pos):  # made on the side stream, used and freed on this one
+                t.record_stream(main)
+        else:
+            norm, dden, dm_pos = grad_terms(h, dh, m_pos, den, eps)
+            if Cs is None:  # not kept by the forward (ChunkwiseConfig.keep_states): recompute
+                Cs, ns, ms, _, _ = chunk_states_fwd(kf, vf, lf, ig, init, L, cfg)
         dCs, dns, dC0, dn0 = chunk_states_bwd(qf, dh, lf, ig, m_pos, norm, dden, ms, dfinal, L, cfg)
         dq, dk, dv, kdk, cross, qa, ke, chunk_shares = chunk_inputs_bwd(
             qf, kf, vf, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, L, cfg
         )
         del Cs, dCs
-        m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
-        dlf, di, dm0 = gate_grads(
-            lf, ig, m_init, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
-        )
-        df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
+        if fused_glue:
+            df, di, dm0 = gate_grads_fused(
+                f.reshape(BH, S), ig, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
+            )
+        else:
+            m_init = init[2].float() if init is not None else torch.zeros(BH, device=q.device)
+            dlf, di, dm0 = gate_grads(
+                lf, ig, m_init, m_pos, kdk, cross, qa, ke, dm_pos, chunk_shares, L, final_share, dm_final
+            )
+            df = dlf * torch.sigmoid(-f.float().reshape(BH, S))
         grads_init = (None, None, None)
         if ctx.has_init:
             C0f, n0f = init[0].float(), init[1].float()
