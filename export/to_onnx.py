@@ -63,6 +63,29 @@ def export_onnx_method(
 
 
 
+def release_matched_graphs() -> int:
+    """Drop the graph each of onnxscript's pattern matchers keeps from its last match.
+
+    A ``SimplePatternMatcher`` (onnxscript 0.7.2, ``rewriter._matcher``) holds the graph it last matched
+    in ``_graph`` (its node, tracer and bindings in ``_current_node``, ``_tracer``, ``_match``) until its
+    next match, and the default rewrite rules that own the matchers are module globals. The exported
+    graph's initializers wrap the module's own tensors, so after an export the model's weights stayed
+    alive through them: at 1.4 B params a freed int8 model's 1.4 GiB stayed resident. Returns how many
+    matchers held one."""
+    import gc
+
+    from onnxscript.rewriter import _matcher
+
+    held = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, _matcher.SimplePatternMatcher) and getattr(obj, "_graph", None) is not None:
+            obj._graph = obj._current_node = obj._tracer = None
+            if getattr(obj, "_match", None) is not None:
+                obj._match = type(obj._match)()  # an empty MatchResult: no bindings to the graph's values
+            held += 1
+    return held
+
+
 def export_onnx_module(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
                        dynamic_shapes: Any, lowering: Any = None) -> None:
     """``torch.onnx.export`` (dynamo) of ``module`` at ``args`` to ``path``, weights in a data file beside it.
@@ -88,6 +111,7 @@ def export_onnx_module(module: nn.Module, args: tuple, path: Path, inputs: list[
         path.parent.mkdir(parents=True, exist_ok=True)
         program.save(str(path), external_data=True)
     del program
+    release_matched_graphs()
     if lowering is not None and lowering.after_save is not None:
         lowering.after_save(path)
 

@@ -16,9 +16,12 @@ Both end in ``quantize_source(WeightSource, manifest layout, out, opts)``:
    right after they are exported (step 3)
 3. ``handler.load_quantized``: each weight quantized as it is read, never a float copy of the whole
    model; export the graphs the manifest lays out (file names, methods, prefill length, batch); inspect
-   every graph (state I/O float32); the package's own graphs against eager int8 within a bound that lets
-   rounding flips through (``verify.TIGHT_MAX_REL_ERR``); quality (``quality``: the float32 side
-   streamed one block at a time) and sizes
+   every graph (state I/O float32); the eager int8 model's references (``references``: prefill calls,
+   its greedy steps, perplexity and KL with the float32 side streamed one block at a time), then the
+   eager model is freed and the package's own graphs are checked against those references within a
+   bound that lets rounding flips through (``verify.TIGHT_MAX_REL_ERR``): the eager model and a graph
+   session are never in memory together (two packages); the step graph's greedy run scored by float32
+   (``quality``) and sizes
 4. write the manifest (``quantization`` = scheme, plan summary, quality report, gate) and move the
    package into place (``xlstm_edge.publish``), or leave nothing if the quality gate is missed without
    ``allow_quality_loss``
@@ -48,13 +51,14 @@ from xlstm_edge.weights import CheckpointWeights, WeightSource
 
 from .handler import SCHEMES, QuantizationError, check_scheme, load_quantized
 from .probe import NORM_JITTER, ProbeWeights, describe, is_own_probe, needs_probe, probe_blocks
-from .quality import EvalTextError, compare_eval, eval_ids, greedy_compare, zero_state
+from .quality import EvalTextError, compare_eval, eval_ids, greedy_report, zero_state
+from .references import Record, eager_greedy, greedy_run, prefill_records, replay
 from .verify import (
     TIGHT_MAX_REL_ERR,
     EagerGraph,
-    Parity,
     prefill_parity,
     rel_error,
+    rel_error_whole,
     require_tight,
     require_within,
     step_parity,
@@ -225,35 +229,33 @@ def check_tight(graph_dir: Path, manifest: md.Manifest, int8: nn.Module, prompt:
     return {"prefill_short_vs_eager_int8": short.to_dict(), "step_vs_eager_int8": step.to_dict()}
 
 
-def check_genai(graph_dir: Path, facts: dict[str, Any], int8: nn.Module, prompt: torch.Tensor, num_threads: int,
-                manifest: md.Manifest, strict: bool) -> dict[str, Any]:
-    """The quantized ``genai.onnx`` against eager ``int8`` (``verify.step_parity`` over the prompt's first
-    ``TIGHT_STEP_TOKENS`` one token per call, the graph reading the eager state; then the prompt in one
-    call); writes ``genai_config.json``. ``strict``: the tight check, else within ``TIGHT_MAX_REL_ERR``
-    (deep models: see ``probe``). Returns the manifest's ``genai`` entry (or {"refused": why})."""
-    from xlstm_edge.export.genai import CONFIG_NAME, GRAPH_NAME, GenAIGraphRunner, write_genai_config
+def check_genai(graph_dir: Path, facts: dict[str, Any], config: xLSTMConfig, steps: list[Record],
+                prompt_call: Record | None, num_threads: int, strict: bool) -> dict[str, Any]:
+    """The quantized ``genai.onnx`` against eager int8's recorded calls (``references``): its step method
+    on the kept eager steps, its prefill on the prompt in one call. ``strict``: the tight check on the
+    steps, else within ``TIGHT_MAX_REL_ERR`` (deep models: see ``probe``). Returns the manifest's
+    ``genai`` entry (or {"refused": why})."""
+    from xlstm_edge.export.genai import CONFIG_NAME, GRAPH_NAME, GenAIGraphRunner
     from xlstm_edge.export.genai_graph import slot_shapes
 
     if "refused" in facts:
         return {"refused": facts["refused"]}
-    runner = GenAIGraphRunner(graph_dir / GRAPH_NAME, int8.config, num_threads)
-    ids = prompt[:TIGHT_STEP_TOKENS].view(1, -1)
-    step = step_parity(_Method(runner, "step"), {"int8": EagerGraph(int8, "step")}, ids, zero_state(int8, 1))["int8"]
+    if prompt_call is None:
+        raise ValueError("check_genai needs the eager model's prompt call")
+    runner = GenAIGraphRunner(graph_dir / GRAPH_NAME, config, num_threads)
+    step = replay(_Method(runner, "step"), steps)
     what = "the ONNX Runtime GenAI graph (int8 steps)"
     if strict:
         require_tight(step, what)
     else:
         require_within(step, TIGHT_MAX_REL_ERR, what)
-    T = ids.shape[1]
-    whole = [ids, torch.tensor([T]), *zero_state(int8, 1)]
-    got, ref = runner.run("prefill", whole), EagerGraph(int8, "prefill", T).run(whole)
-    call = max(rel_error(got[0], ref[0]), rel_error(torch.cat([t.reshape(-1) for t in got[1:]]),
-                                                    torch.cat([t.reshape(-1) for t in ref[1:]])))
+    got, ref = runner.run("prefill", prompt_call.inputs), prompt_call.outputs
+    call = max(rel_error(got[0], ref[0]), rel_error_whole(got[1:], ref[1:]))
+    T = prompt_call.inputs[0].shape[1]
     if not call <= TIGHT_MAX_REL_ERR:
         raise QuantizationError(f"the ONNX Runtime GenAI graph ({T} prompt tokens in one call) differs from the same "
                                 f"quantization in eager PyTorch by {call:.2e} (relative; bound {TIGHT_MAX_REL_ERR:.0e})")
-    write_genai_config(int8, graph_dir, manifest.tokenizer)
-    conv, rec = slot_shapes(int8.config)
+    conv, rec = slot_shapes(config)
     return {"graph": GRAPH_NAME, "config": CONFIG_NAME, "conv_state": ["batch", *conv],
             "recurrent_state": ["batch", *rec], "facts": facts,
             "parity": {"steps_vs_eager_int8": step.to_dict(), "prompt_call_vs_eager_int8_rel_err": call}}
@@ -503,35 +505,53 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
             tight = check_tight(tmp, manifest, qmodel, prompt, opts.num_threads, "package")
             tight_on = {"graphs": "package", "blocks": probe_blocks(config), "norm_jitter": 0.0}
 
-        log_t("checking the package's prefill graph against eager PyTorch int8 ...")
-        parity: dict[str, Any] = {"tight": {**tight_on, **tight}}
+        # the eager int8 model's references, then it is freed before any package graph opens
+        # (``references``: the two together would be two packages)
+        P = prompt.shape[0]
+        eager_steps = PROMPT_TOKENS + TIGHT_STEP_TOKENS if needs_probe(config) else P + opts.greedy_tokens - 1
+        log_t(f"eager int8 references (prefill calls, {eager_steps} greedy steps; perplexity and KL over "
+              f"{ids.numel()} held-out tokens, float32 streamed) ...")
         prefill = manifest.graphs["prefill"]
         T, batch = prefill.tokens_per_call, static_batch(manifest) or 2
-        runner = _runner(tmp, manifest, "prefill", opts.num_threads)
-        full = prefill_parity(runner, {"int8": EagerGraph(qmodel, "prefill", T)}, qmodel, T, batch,
-                              generator=torch.Generator().manual_seed(1))
-        del runner
-        require_within(full["int8"], TIGHT_MAX_REL_ERR, f"the {manifest.backend} prefill graph ({T} tokens)")
-        parity["prefill_vs_eager_int8"] = full["int8"].to_dict()
+        step_batch = static_batch(manifest) or 1
+        prefill_refs = prefill_records(qmodel, T, batch, torch.Generator().manual_seed(1))
+        eager = eager_greedy(qmodel, prompt, eager_steps, step_batch)
+        genai_call = None
+        if "refused" not in graph_facts.get("genai", {"refused": "none"}):
+            from xlstm_edge.export.genai import write_genai_config
 
-        log_t(f"greedy agreement over {opts.greedy_tokens} tokens (graph; float32 streamed) ...")
-        greedy = greedy_compare(_runner(tmp, manifest, "step", opts.num_threads), source, qmodel, prompt,
-                                opts.greedy_tokens, batch=static_batch(manifest) or 1,
-                                eager_steps=PROMPT_TOKENS + TIGHT_STEP_TOKENS if needs_probe(config) else None)
-        require_within(Parity(**greedy.parity_vs_eager_int8), TIGHT_MAX_REL_ERR,
-                       f"the {manifest.backend} step graph (greedy, reading the eager int8 state)")
+            n = min(TIGHT_STEP_TOKENS, P)
+            whole = [prompt[:n].view(1, -1), torch.tensor([n]), *zero_state(qmodel, 1)]
+            genai_call = Record(whole, EagerGraph(qmodel, "prefill", n).run(whole))
+            write_genai_config(qmodel, tmp, manifest.tokenizer)
+        ev = compare_eval(source, qmodel, ids)
+        plan = qmodel.quant_plan.summary()
+        del qmodel
+
+        log_t("checking the package's graphs against the eager int8 references ...")
+        parity: dict[str, Any] = {"tight": {**tight_on, **tight}}
+        full = replay(_runner(tmp, manifest, "prefill", opts.num_threads), prefill_refs)
+        require_within(full, TIGHT_MAX_REL_ERR, f"the {manifest.backend} prefill graph ({T} tokens)")
+        parity["prefill_vs_eager_int8"] = full.to_dict()
+        step_graph = _runner(tmp, manifest, "step", opts.num_threads)
+        steps = replay(step_graph, eager.steps)
+        require_within(steps, TIGHT_MAX_REL_ERR,
+                       f"the {manifest.backend} step graph ({steps.calls} steps of eager int8's greedy run)")
+        log_t(f"greedy run of the step graph over {opts.greedy_tokens} tokens ...")
+        run = greedy_run(step_graph, config, prompt, P + opts.greedy_tokens - 1, step_batch)
+        del step_graph
+        genai_entry = None
+        if "genai" in graph_facts:
+            genai_entry = check_genai(tmp, graph_facts["genai"], config, eager.steps, genai_call,
+                                      opts.num_threads, strict=not needs_probe(config))
+            if "parity" in genai_entry:
+                parity["genai_vs_eager_int8"] = genai_entry["parity"]
+        log_t(f"greedy agreement over {opts.greedy_tokens} tokens (float32 streamed) ...")
+        greedy = greedy_report(source, run, eager, P, steps)
         parity["step_vs_eager_int8"] = greedy.parity_vs_eager_int8
         parity["step_drift_vs_fp32"] = greedy.drift_vs_fp32
         parity.update(extra_parity or {})
-        genai_entry = None
-        if "genai" in graph_facts:
-            genai_entry = check_genai(tmp, graph_facts["genai"], qmodel, prompt, opts.num_threads, manifest,
-                                      strict=not needs_probe(config))
-            if "parity" in genai_entry:
-                parity["genai_vs_eager_int8"] = genai_entry["parity"]
 
-        log_t(f"perplexity and KL over {ids.numel()} held-out tokens (float32 streamed) ...")
-        ev = compare_eval(source, qmodel, ids)
         fp32_what, size_fp32 = fp32_bytes
         size_int8 = _dir_bytes(tmp)
         max_ppl, min_greedy = opts.gate()
@@ -550,7 +570,7 @@ def quantize_source(source: WeightSource, manifest: md.Manifest, out: Path, opts
             shutil.rmtree(tmp, ignore_errors=True)
             return QuantizeResult(None, report, False)
 
-        quantization = {**qmodel.quant_plan.summary(), **provenance, "graphs": graph_facts, "quality": report}
+        quantization = {**plan, **provenance, "graphs": graph_facts, "quality": report}
         new = md.Manifest(
             backend=manifest.backend, model=manifest.model, tokenizer=manifest.tokenizer, state=manifest.state,
             graphs=graphs, quantization=quantization,

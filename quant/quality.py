@@ -3,14 +3,13 @@
 ``eval_ids``          held-out token ids: a text file, or the embedded corpus's held-out split (by file)
 ``compare_eval``      perplexity of float32 and int8 (eager; teacher-forced, state carried across
                       segments), mean KL(p_fp32 || p_int8) of next-token distributions, top-1 agreement
-``greedy_compare``    the int8 GRAPH (the artifact) generates greedily after a prompt, float32 scores
-                      that trajectory (teacher-forced); agreement = how often float32's argmax is the
-                      graph's token. The same run checks the graph against eager int8 one step at a
-                      time along a realistic sequence.
+``greedy_report``     the int8 GRAPH (the artifact) has generated greedily after a prompt
+                      (``references.greedy_run``), float32 scores that trajectory (teacher-forced);
+                      agreement = how often float32's argmax is the graph's token
 The float32 side never needs the float model whole: given a ``WeightSource`` (checkpoint, package) it
 runs one block at a time over whole sequences (``xlstm_edge.streamed``).
 Eager int8 stands in for the graph in the perplexity pass because the graph is checked against it
-to float32 rounding (``greedy_compare``'s parity) and eager sees all positions of a segment at once;
+(``references``: the step graph on eager steps) and eager sees all positions of a segment at once;
 the exported prefill graph returns only the last position's logits.
 """
 
@@ -29,10 +28,12 @@ from xlstm_edge.state import state_spec
 from xlstm_edge.streamed import streamed_forward, streamed_head, streamed_hidden
 from xlstm_edge.weights import WeightSource
 
-from .verify import EagerGraph, _Tracker
+from .references import Trajectory
+from .verify import Parity, rel_error
 
 HELD_OUT_FRACTION = 0.02  # xlstm_edge.data.Corpus.from_files' default split
 MIN_EVAL_TOKENS = 64
+KL_ROWS = 64  # positions whose float64 log-probabilities are held at a time
 
 
 class EvalTextError(ValueError):
@@ -94,18 +95,21 @@ def compare_eval(fp32: nn.Module | WeightSource, int8: nn.Module, ids: Tensor, s
     for start in range(0, N - 1, segment):
         x = ids[:, start : min(start + segment, N - 1)]
         y = ids[0, start + 1 : start + 1 + x.shape[1]]
-        logp = {}
+        logits = {}
         for name, model in (("fp32", fp32), ("int8", int8)):
             if name == "fp32" and hidden is not None:
-                logits = streamed_head(fp32, hidden[start : start + x.shape[1]])[None]
+                logits[name] = streamed_head(fp32, hidden[start : start + x.shape[1]])
             else:
-                logits, states[name] = model(x, states[name])
-            logp[name] = F.log_softmax(logits[0].double(), dim=-1)  # (S, V)
-            nll[name] += float(-logp[name].gather(1, y[:, None]).sum())
-        kl = (logp["fp32"].exp() * (logp["fp32"] - logp["int8"])).sum(-1)  # (S,)
-        kl_sum += float(kl.sum())
-        kl_max = max(kl_max, float(kl.max()))
-        agree += int((logp["fp32"].argmax(-1) == logp["int8"].argmax(-1)).sum())
+                out, states[name] = model(x, states[name])
+                logits[name] = out[0]  # (S, V)
+        for r in range(0, x.shape[1], KL_ROWS):  # float64 (rows, V) temporaries, not (S, V)
+            logp = {name: F.log_softmax(v[r : r + KL_ROWS].double(), dim=-1) for name, v in logits.items()}
+            for name, lp in logp.items():
+                nll[name] += float(-lp.gather(1, y[r : r + KL_ROWS, None]).sum())
+            kl = (logp["fp32"].exp() * (logp["fp32"] - logp["int8"])).sum(-1)  # (rows,)
+            kl_sum += float(kl.sum())
+            kl_max = max(kl_max, float(kl.max()))
+            agree += int((logp["fp32"].argmax(-1) == logp["int8"].argmax(-1)).sum())
         count += x.shape[1]
     ppl = {k: math.exp(v / count) for k, v in nll.items()}
     return EvalResult(count, ppl["fp32"], ppl["int8"], ppl["int8"] / ppl["fp32"] - 1, kl_sum / count, kl_max,
@@ -121,9 +125,9 @@ class GreedyResult:
     prompt_tokens: int
     generated_tokens: int
     agreement: float  # float32's argmax == the graph's greedy token, along the graph's trajectory
-    agreement_eager_int8: float | None  # the same for eager int8 (its own state, the graph's tokens;
-    # over the generated steps it ran, None if none)
-    parity_vs_eager_int8: dict[str, float]  # per step, graph reading the eager int8 model's state
+    agreement_eager_int8: float | None  # the same for eager int8 along its own greedy trajectory (over
+    # the generated steps it ran, None if none)
+    parity_vs_eager_int8: dict[str, float]  # the step graph on kept eager int8 steps (their input state)
     drift_vs_fp32: dict[str, float]  # graph carrying its own state vs float32 over the same tokens (logits)
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,53 +136,33 @@ class GreedyResult:
 
 def _logits_drift(got: Tensor, ref: Tensor) -> dict[str, float]:
     """got, ref (N, V): worst and median relative error per position, argmax agreement."""
-    per = (got.double() - ref.double()).norm(dim=-1) / ref.double().norm(dim=-1).clamp_min(1e-30)
+    per = torch.tensor([rel_error(g, r) for g, r in zip(got, ref, strict=True)], dtype=torch.float64)
     return {"logits_rel_err": float(per.max()), "median_rel_err": float(per.median()),
             "argmax_agreement": float((got.argmax(-1) == ref.argmax(-1)).double().mean()), "calls": got.shape[0]}
 
 
 @torch.no_grad()
-def greedy_compare(graph, fp32: WeightSource, int8: nn.Module, prompt: Tensor, new_tokens: int = 256,
-                   batch: int = 1, eager_steps: int | None = None) -> GreedyResult:
-    """prompt (P,) ids; the graph (a step runner, its own state) generates ``new_tokens`` greedily from
-    the zero state, and float32 scores that trajectory afterwards in one pass (``xlstm_edge.streamed``,
-    one block at a time: the float model is never held whole).
+def fp32_logits(fp32: WeightSource, run: Trajectory, prompt_tokens: int) -> Tensor:
+    """float32's logits (N - P + 1, V) at the generated positions of ``run``'s tokens (one streamed pass,
+    one block at a time: the float model is never held whole)."""
+    return streamed_forward(fp32, run.fed[None], torch.arange(prompt_tokens - 1, run.fed.shape[0]),
+                            torch.float32)[0]
 
-    ``batch``: rows per call (a static-batch graph needs its own batch); every row reads the same
-    tokens and row 0 counts. Each step the graph also reads the eager int8 model's state (tight
-    parity, one step of computation at a time); eager int8 follows the graph's tokens with its own
-    state (its agreement with float32 on the same trajectory). ``eager_steps``: run the eager int8
-    model for the first that many steps only (None: all). Eager int8 emulates the backend's integer
-    kernels in PyTorch, ~100x slower than the graph: a deep model checks its first steps here, and
-    its tight check on its probe (``probe``).
-    """
-    int8_step = EagerGraph(int8, "step")
-    states = {name: [torch.zeros(batch, *s.shape) for s in state_spec(int8.config)] for name in ("graph", "int8")}
-    tight = _Tracker()
-    P = prompt.shape[0]
-    fed: list[int] = [int(prompt[0])]
-    graph_logits, int8_logits = [], []
-    limit = P + new_tokens - 1 if eager_steps is None else eager_steps
-    for t in range(P + new_tokens - 1):
-        tok = torch.full((batch, 1), fed[-1], dtype=torch.int64)
-        out = graph.run([tok, *states["graph"]])
-        states["graph"] = out[1:]
-        if t < limit:
-            ref = int8_step.run([tok, *states["int8"]])
-            tight.add(graph.run([tok, *states["int8"]]), ref)
-            states["int8"] = ref[1:]
-        if t >= P - 1:
-            graph_logits.append(out[0][0])
-            if t < limit:
-                int8_logits.append(ref[0][0])
-            fed.append(int(out[0][0].argmax(-1)))
-        else:
-            fed.append(int(prompt[t + 1]))
-    seq = torch.tensor(fed[:-1], dtype=torch.int64)[None]  # the P + new_tokens - 1 tokens fed
-    ref32, _ = streamed_forward(fp32, seq, torch.arange(P - 1, seq.shape[1]), torch.float32)
-    chosen = torch.tensor(fed[P:], dtype=torch.int64)  # the graph's greedy tokens
-    g = torch.stack(graph_logits)
-    i8 = torch.stack(int8_logits) if int8_logits else None
-    agree_int8 = None if i8 is None else float((ref32[: len(i8)].argmax(-1) == i8.argmax(-1)).double().mean())
-    return GreedyResult(P, new_tokens, float((ref32.argmax(-1) == chosen).double().mean()), agree_int8,
-                        tight.result().to_dict(), _logits_drift(g, ref32))
+
+def greedy_report(fp32: WeightSource, graph: Trajectory, eager: Trajectory | None, prompt_tokens: int,
+                  parity: Parity) -> GreedyResult:
+    """The greedy agreement of the step graph's trajectory (``references.greedy_run``) with float32 (which
+    scores it afterwards, teacher-forced), that of eager int8 along its own trajectory (scored on the
+    graph's float32 logits where the two trajectories share their tokens, else in a pass of its own),
+    the graph's drift from float32, and ``parity``: the step graph on the kept eager steps."""
+    P = prompt_tokens
+    ref32 = fp32_logits(fp32, graph, P)
+    agreement = float((ref32.argmax(-1) == graph.logits.argmax(-1)).double().mean())
+    agree_int8 = None
+    if eager is not None and eager.logits.shape[0]:
+        n = eager.fed.shape[0]
+        shared = n <= graph.fed.shape[0] and torch.equal(eager.fed, graph.fed[:n])
+        eager32 = ref32[: eager.logits.shape[0]] if shared else fp32_logits(fp32, eager, P)
+        agree_int8 = float((eager32.argmax(-1) == eager.logits.argmax(-1)).double().mean())
+    return GreedyResult(P, graph.logits.shape[0], agreement, agree_int8, parity.to_dict(),
+                        _logits_drift(graph.logits, ref32))

@@ -3,7 +3,7 @@
 ``streamed_forward(source, ids, dtype)`` runs ids (1, S) from the zero state (or ``state``) through
 the source's model in ``dtype``, building each block from the ``WeightSource`` just before it runs and
 dropping it after; the LM head is applied in slices of ``HEAD_ROWS`` vocabulary rows. Memory: one block
-and one head slice in ``dtype``, the activations (S, D), and the logits asked for.
+and one embedding or head slice in ``dtype``, the activations (S, D), and the logits asked for.
 
 Used where the pipeline needs the float model but must not hold it: the export's float64 parity
 reference (``export.verify``), and the float32 side of the quantization quality report when the
@@ -23,15 +23,27 @@ HEAD_ROWS = 8192  # vocabulary rows of the head converted at a time
 
 
 @torch.no_grad()
+def streamed_embedding(source: WeightSource, ids: Tensor, dtype: torch.dtype) -> Tensor:
+    """ids (...) -> their embedding rows (..., D) in ``dtype``, the table read ``HEAD_ROWS`` rows at a time
+    (a 7B model's float32 table is 824 MB)."""
+    c = source.config
+    out = torch.empty(*ids.shape, c.hidden_size, dtype=dtype)
+    for start in range(0, c.vocab_size, HEAD_ROWS):
+        end = min(start + HEAD_ROWS, c.vocab_size)
+        hit = (ids >= start) & (ids < end)
+        if bool(hit.any()):
+            out[hit] = source.read(EMBEDDING, dtype, (start, end))[ids[hit] - start]
+    return out
+
+
+@torch.no_grad()
 def streamed_hidden(source: WeightSource, ids: Tensor, dtype: torch.dtype = torch.float64,
                     state: State | None = None) -> tuple[Tensor, State]:
     """ids (1, S) -> final hidden states after the output norm (S, D) in ``dtype``, and the new state."""
     c = source.config
     if ids.dim() != 2 or ids.shape[0] != 1:
         raise ValueError(f"ids must be (1, S), got {tuple(ids.shape)}")
-    table = source.read(EMBEDDING, dtype)
-    x = table[ids]  # (1, S, D)
-    del table
+    x = streamed_embedding(source, ids, dtype)  # (1, S, D)
     start = init_state(c, 1, dtype=dtype) if state is None else state
     new_state: State = []
     for idx in range(c.num_hidden_layers):
