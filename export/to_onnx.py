@@ -78,7 +78,8 @@ def release_matched_graphs() -> int:
 
     held = 0
     for obj in gc.get_objects():
-        if isinstance(obj, _matcher.SimplePatternMatcher) and getattr(obj, "_graph", None) is not None:
+        # type(), not isinstance(): the heap holds weakref proxies, and isinstance on a dead one raises
+        if issubclass(type(obj), _matcher.SimplePatternMatcher) and getattr(obj, "_graph", None) is not None:
             obj._graph = obj._current_node = obj._tracer = None
             if getattr(obj, "_match", None) is not None:
                 obj._match = type(obj._match)()  # an empty MatchResult: no bindings to the graph's values
