@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from xlstm_edge.export.step_module import random_state
 
 from xlstm_edge.state import state_spec
+from xlstm_edge.state_spec import state_bytes
 
 from .verify import EagerGraph, Parity, _Tracker
 
@@ -35,10 +36,6 @@ class Record:
 
     inputs: list[Tensor]
     outputs: list[Tensor]
-
-
-def state_bytes(config, batch: int = 1) -> int:
-    return 4 * batch * sum(int(torch.Size(s.shape).numel()) for s in state_spec(config))
 
 
 @torch.no_grad()
