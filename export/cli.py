@@ -230,7 +230,7 @@ def _check_memory(path: Path, fmt: str, scheme: str | None, embedding: str, pref
 
     from .estimate import estimate_export
 
-    estimate = estimate_export(_config_of(path), scheme, embedding)
+    estimate = estimate_export(_config_of(path), scheme, embedding, fmt)
     refusal = estimate.refusal(available_bytes(), fmt, scheme, prefill_tokens)
     if refusal is not None:
         raise click.ClickException(refusal + " (--ignore-memory-estimate starts it anyway)")

@@ -7,8 +7,9 @@ machine (``bench/scale.py``; see bench/RESULTS.md, "CPU: export memory and the p
 float32 export     the model in float32 (W bytes) plus, in the parity stage, one ONNX Runtime
                    session's copy of the weights (or the lowered program's), plus the libraries:
                    ``FLOAT_BASE + FLOAT_PER_BYTE * W``
-quantized export   the quantized model (Q bytes: 1 byte per quantized weight in memory, int4 too, and
-                   the float32 parts), the exporter's copy while it writes and rewrites the graphs,
+quantized export   the quantized model (Q bytes: 1 byte per int8 weight; an int4 weight half a byte
+                   plus its float32 group scale, 1/8 byte, but 1 byte again for ExecuTorch, whose
+                   torchao form holds one value a byte; and the float32 parts), the exporter's copy while it writes and rewrites the graphs,
                    one float32 block at a time for the streamed float reference:
                    ``QUANT_BASE + QUANT_PER_BYTE * Q + 4 * largest block``
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from xlstm_edge.config import xLSTMConfig
 
 GIB = 2**30
+INT4_GROUP = 32  # quant.handler.INT4_GROUP (not imported: this module stays free of torch)
 # the Linears every scheme keeps float32 (quant.handler's gate pre-activations); the sLSTM recurrent
 # matrix is 3-D and never counted as a Linear
 FLOAT_LINEARS = ("mlstm_layer.igate_preact.weight", "mlstm_layer.fgate_preact.weight",
@@ -78,13 +80,16 @@ def _sizes(config: xLSTMConfig) -> tuple[int, int, int, int]:
     return total, linear, embedding, block_max
 
 
-def estimate_export(config: xLSTMConfig, scheme: str | None = None, embedding: str = "fp32") -> Estimate:
-    """The peak resident memory of ``xlstm-edge export`` (float32 when ``scheme`` is None)."""
+def estimate_export(config: xLSTMConfig, scheme: str | None = None, embedding: str = "fp32",
+                    fmt: str = "onnx") -> Estimate:
+    """The peak resident memory of ``xlstm-edge export`` (float32 when ``scheme`` is None) to ``fmt``
+    ("onnx" | "executorch")."""
     total, linear, emb, block = _sizes(config)
     if scheme is None:
         return Estimate(int(FLOAT_BASE + FLOAT_PER_BYTE * 4 * total), f"{4 * total / GIB:.1f} GiB of float32 weights")
     float_params = total - linear - (emb if embedding == "int8" else 0)
-    q = linear + (emb if embedding == "int8" else 0) + 4 * float_params
+    per_weight = 1.0 if scheme != "int4-dynamic" else (1.0 if fmt == "executorch" else 0.5) + 4 / INT4_GROUP
+    q = int(per_weight * linear) + (emb if embedding == "int8" else 0) + 4 * float_params
     return Estimate(int(QUANT_BASE + QUANT_PER_BYTE * q + 4 * block),
                     f"{q / GIB:.1f} GiB of quantized model, one float32 block at a time")
 

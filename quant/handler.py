@@ -150,7 +150,7 @@ def _is_norm(mod: nn.Module) -> bool:
 def plan_quantization(model: nn.Module, scheme: str, embedding: str = "fp32", *,
                       backend: str) -> QuantPlan:
     """Decide, for every module or parameter holding weights, quantized ("int8") or float32 (with the
-    reason). Quantized Linears hold the scheme's bits (4-bit values are stored one int8 each)."""
+    reason). Quantized Linears hold the scheme's bits (4-bit values packed two a byte)."""
     check_scheme(scheme, embedding, backend)
     plan = QuantPlan(scheme, embedding, backend, SCHEMES[scheme].activation[backend])
     tied = isinstance(model, xLSTMForCausalLM) and model.config.tie_word_embeddings

@@ -1,6 +1,7 @@
 """Drop-in int8 modules (gpt-fast style): an int8 buffer plus float32 scales, dequantized in forward.
 
-``Int8Linear``     replaces ``nn.Linear``: weight (out, in) int8 (8- or 4-bit values), scales (out,) or
+``Int8Linear``     replaces ``nn.Linear``: weight (out, in) int8 (8-bit values) or (out, in / 2) uint8
+                   (4-bit values packed two a byte, ``primitives.pack_int4``), scales (out,) or
                    (out, groups) float32, optional bias; ``activation`` "none" | "per_token" | "per_block".
 ``Int8Embedding``  replaces ``nn.Embedding``: weight (num, dim) int8, scales (num,) float32 (one per row).
 Both keep the attribute names ``weight`` / ``scales``, so a state dict reads ``...q.weight`` (int8) and
@@ -18,8 +19,10 @@ from . import ops
 from .primitives import (
     INT4_QMAX,
     expand_group_scales,
+    pack_int4,
     quantize_per_channel_symmetric,
     quantize_per_group_symmetric,
+    unpack_int4,
 )
 
 Activation = Literal["none", "per_token", "per_block"]
@@ -28,10 +31,12 @@ ACT_BLOCK = 128  # "per_block" activations of per-channel weights: block of K (O
 
 
 class Int8Linear(nn.Module):
-    """x (..., in) float32 -> (..., out) float32 through an integer weight stored one int8 per value.
+    """x (..., in) float32 -> (..., out) float32 through an integer weight.
 
-    ``bits`` 8: values in [-127, 127], ``scales`` (out,) (per output channel). ``bits`` 4: values in
-    [-7, 7], ``scales`` (out, ceil(in / group_size)) (per channel and group of ``group_size`` inputs).
+    ``bits`` 8: ``weight`` (out, in) int8 in [-127, 127], ``scales`` (out,) (per output channel).
+    ``bits`` 4: values in [-7, 7] packed two a byte, ``weight`` (out, in / 2) uint8 (``pack_int4``; ``in``
+    even), ``scales`` (out, ceil(in / group_size)) (per channel and group of ``group_size`` inputs): a
+    4-bit model in memory is half the size of one int8 per value (at 7B, 3 GB less).
     ``activation``: "none" (weight-only), "per_token" (8-bit asymmetric per token: XNNPACK's qd8) or
     "per_block" (8-bit symmetric per block of K: ONNX Runtime's MatMulNBits; the block is the weight
     group, or ``ACT_BLOCK`` for per-channel weights).
@@ -51,10 +56,13 @@ class Int8Linear(nn.Module):
                              "4-bit weights per group (group_size > 0)")
         if activation == "none" and bits != 8:
             raise ValueError("weight-only quantization is 8-bit only")
+        if bits == 4 and in_features % 2:
+            raise ValueError(f"4-bit weights are packed two a byte: in_features must be even, got {in_features}")
         self.in_features, self.out_features, self.activation = in_features, out_features, activation
         self.bits, self.group_size = bits, group_size
         n_groups = -(-in_features // group_size) if group_size else 0
-        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8))
+        stored = (out_features, in_features // 2) if bits == 4 else (out_features, in_features)
+        self.register_buffer("weight", torch.zeros(stored, dtype=torch.uint8 if bits == 4 else torch.int8))
         self.register_buffer("scales", torch.ones((out_features, n_groups) if group_size else (out_features,)))
         self.register_buffer("bias", torch.zeros(out_features) if bias else None)
 
@@ -71,8 +79,14 @@ class Int8Linear(nn.Module):
     @classmethod
     def from_quantized(cls, q: Tensor, scales: Tensor, bias: Tensor | None, activation: Activation,
                        bits: int = 8, group_size: int = 0) -> Int8Linear:
-        """From an int8 weight (out, in) and its scales (shared tensors are kept, not copied)."""
-        mod = cls(q.shape[1], q.shape[0], bias is not None, activation, bits, group_size)
+        """From an int8 weight (out, in) and its scales (shared tensors are kept, not copied); 4-bit
+        values are packed here (``pack_int4``), or given packed: (out, in / 2) uint8."""
+        in_features = 2 * q.shape[1] if q.dtype == torch.uint8 else q.shape[1]
+        mod = cls(in_features, q.shape[0], bias is not None, activation, bits, group_size)
+        if bits == 4 and q.dtype == torch.int8:
+            q = pack_int4(q)
+        if q.dtype != mod.weight.dtype:
+            raise ValueError(f"a {bits}-bit weight is stored {mod.weight.dtype}, got {q.dtype}")
         if scales.shape != mod.scales.shape:
             raise ValueError(f"scales must be {tuple(mod.scales.shape)}, got {tuple(scales.shape)}")
         mod.weight, mod.scales = q, scales
@@ -80,9 +94,13 @@ class Int8Linear(nn.Module):
             mod.bias = bias.detach().float().clone()
         return mod
 
+    def integer_weight(self) -> Tensor:
+        """(out, in) int8: the weight's values, unpacked (a new tensor for 4-bit weights)."""
+        return unpack_int4(self.weight) if self.bits == 4 else self.weight
+
     def dequantized_weight(self) -> Tensor:
         """(out, in) float32."""
-        return self.weight.float() * expand_group_scales(self.scales, self.in_features, self.group_size)
+        return self.integer_weight().float() * expand_group_scales(self.scales, self.in_features, self.group_size)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.activation == "none":

@@ -43,13 +43,23 @@ def pack_matmulnbits(q, scales, block_size: int, bits: int):
     uint8, scales (N * nb,) float32): MatMulNBits' layout with its default zero point 2^(bits-1).
 
     Each value is stored unsigned (q + 2^(bits-1)); K is padded to nb * block_size with the zero
-    point; 4-bit pairs share a byte, the even index in the low nibble.
+    point; 4-bit pairs share a byte, the even index in the low nibble. A 4-bit weight already packed
+    so (``primitives.pack_int4``: (N, K / 2) uint8, as a 4-bit model holds it) is only padded.
     """
     import numpy as np
 
+    zp = 1 << (bits - 1)
+    if q.dtype == np.uint8:
+        if bits != 4 or block_size % 2:
+            raise QuantizationError(f"a packed (uint8) weight holds 4-bit values in even blocks, not {bits}-bit "
+                                    f"in blocks of {block_size}")
+        N, half = q.shape
+        nb = -(-2 * half // block_size)
+        u = np.full((N, nb * block_size // 2), zp | zp << 4, dtype=np.uint8)
+        u[:, :half] = q
+        return _pack_scales(u.reshape(N, nb, block_size // 2), scales, N, 2 * half, nb, block_size)
     N, K = q.shape
     nb = -(-K // block_size)
-    zp = 1 << (bits - 1)
     lo, hi = -zp + (bits == 8), zp - 1  # int8 [-127, 127]; int4 [-8, 7]
     if int(q.min(initial=0)) < lo or int(q.max(initial=0)) > hi:
         raise QuantizationError(f"weight values outside the {bits}-bit range [{lo}, {hi}]")
@@ -58,6 +68,13 @@ def pack_matmulnbits(q, scales, block_size: int, bits: int):
     u = u.reshape(N, nb, block_size)
     if bits == 4:
         u = u[..., 0::2] | (u[..., 1::2] << 4)
+    return _pack_scales(u, scales, N, K, nb, block_size)
+
+
+def _pack_scales(u, scales, N: int, K: int, nb: int, block_size: int):
+    """(packed weight, scales (N,) or (N, nb) -> (N * nb,) float32), both contiguous."""
+    import numpy as np
+
     s = np.asarray(scales, dtype=np.float32)
     s = np.repeat(s[:, None], nb, axis=1) if s.ndim == 1 else s
     if s.shape != (N, nb):
@@ -87,6 +104,7 @@ def lower_linear_blocks_file(path: Path) -> int:
     memory stays at one weight, whatever the model's size. Returns the count; raises
     ``QuantizationError`` if a placeholder's weight or scales is not an initializer.
     """
+    import numpy as np
     import onnx
     from onnx import helper
     from onnx.onnx_pb import TensorProto
@@ -134,7 +152,7 @@ def lower_linear_blocks_file(path: Path) -> int:
                 g.initializer.extend([inits[b_name], inits[sc_name]])
             nodes.append(helper.make_node(
                 "MatMulNBits", [x, b_name, sc_name], list(node.output), name=node.name, domain="com.microsoft",
-                K=q.shape[1], N=q.shape[0], bits=bits, block_size=block, accuracy_level=4,
+                K=q.shape[1] * (2 if q.dtype == np.uint8 else 1), N=q.shape[0], bits=bits, block_size=block, accuracy_level=4,
             ))
             count += 1
             del q

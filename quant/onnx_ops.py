@@ -15,8 +15,8 @@ linear_a8w8 per-token asymmetric uint8 activations (``primitives.quantize_per_to
             machine this was written on) ONNX Runtime's uint8 x int8 kernel sums pairs of products in
             int16 with saturation (255 * 127 * 2 > 32767) and returns wrong integers with no error;
             the uint8 x uint8 kernel is exact and as fast.
-linear_block a placeholder node ``xlstm_quant.LinearBlock(x, weight int8 (N, K), scales, block_size,
-            bits)``; ``onnx_backend.lower_linear_blocks`` replaces it after export by ONNX Runtime's
+linear_block a placeholder node ``xlstm_quant.LinearBlock(x, weight int8 (N, K) or packed 4-bit
+            uint8 (N, K / 2), scales, block_size, bits)``; ``onnx_backend.lower_linear_blocks`` replaces it after export by ONNX Runtime's
             ``com.microsoft.MatMulNBits`` (accuracy level 4), packing the weight initializer to
             its uint8 layout. MatMulNBits quantizes x per block of ``block_size`` inputs,
             symmetric int8, and multiplies in integers per block: the arithmetic of
@@ -45,10 +45,11 @@ from .primitives import ACT_LEVELS, SCALE_EPS
 PLACEHOLDER_DOMAIN = "xlstm_quant"
 _SCHEMA = OpSchema(
     "LinearBlock", PLACEHOLDER_DOMAIN, 1,
-    inputs=[OpSchema.FormalParameter("x", "T"), OpSchema.FormalParameter("weight", "tensor(int8)"),
+    inputs=[OpSchema.FormalParameter("x", "T"), OpSchema.FormalParameter("weight", "W"),
             OpSchema.FormalParameter("scales", "T")],
     outputs=[OpSchema.FormalParameter("y", "T")],
-    type_constraints=[("T", ["tensor(float)"], "float32")],
+    type_constraints=[("T", ["tensor(float)"], "float32"),
+                      ("W", ["tensor(int8)", "tensor(uint8)"], "int8 (N, K), or 4-bit packed two a byte (N, K / 2)")],
     attributes=[OpSchema.Attribute("block_size", OpSchema.AttrType.INT, "inputs per block of K"),
                 OpSchema.Attribute("bits", OpSchema.AttrType.INT, "weight bits, 8 or 4")],
 )
@@ -92,7 +93,8 @@ def onnx_linear_a8w8(x, weight, scales, bias=None):
 
 
 def onnx_linear_block(x, weight, scales, bias=None, block_size: int = 128, bits: int = 8):
-    """x (..., K) float, weight (N, K) int8, scales (N,) or (N, nb) -> (..., N) (placeholder, see above)."""
+    """x (..., K) float, weight (N, K) int8 or (N, K / 2) packed 4-bit uint8, scales (N,) or (N, nb) ->
+    (..., N) (placeholder, see above)."""
     y = _LINEAR_BLOCK(x, weight, scales, block_size=block_size, bits=bits)
     return y if bias is None else op.Add(y, bias)
 

@@ -13,6 +13,8 @@
     per channel (N,) or per block (N, nb): y = sum_b x_scale[:, b] * scales[:, b] * acc_b + bias
 
 Shapes: x (..., K) float32, weight (N, K) int8, scales (N,) float32, bias (N,) or None -> y (..., N).
+The two grouped ops also take a 4-bit weight packed two values a byte, (N, K / 2) uint8
+(``primitives.pack_int4``): it is unpacked one block of K at a time, never whole.
 Being custom ops, they reach ``torch.export`` / ``torch.onnx.export`` as single nodes that the ONNX
 backend translates into ONNX Runtime's integer kernels (``onnx_backend``), so the graph computes the
 same integers as this reference.
@@ -25,7 +27,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from .primitives import quantize_per_block_symmetric, quantize_per_token
+from .primitives import quantize_per_block_symmetric, quantize_per_token, unpack_int4
 
 
 def _check(x: Tensor, weight: Tensor, scales: Tensor) -> None:
@@ -74,14 +76,17 @@ def _(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
 
 
 def _check_group(x: Tensor, weight: Tensor, scales: Tensor, group: int) -> int:
-    """Shape checks for grouped scales; returns the number of groups along K."""
-    if weight.dtype != torch.int8 or weight.dim() != 2:
-        raise TypeError(f"weight must be a 2-D int8 tensor, got {weight.dtype} {tuple(weight.shape)}")
-    N, K = weight.shape
+    """Shape checks for grouped scales (``weight`` int8 (N, K) or packed 4-bit uint8 (N, K / 2), whose
+    groups must then be even); returns the number of groups along K."""
+    if weight.dtype not in (torch.int8, torch.uint8) or weight.dim() != 2:
+        raise TypeError(f"weight must be a 2-D int8 (or packed 4-bit uint8) tensor, got {weight.dtype} "
+                        f"{tuple(weight.shape)}")
+    packed = weight.dtype == torch.uint8
+    N, K = weight.shape[0], weight.shape[1] * (2 if packed else 1)
     if x.shape[-1] != K:
         raise ValueError(f"input has {x.shape[-1]} features, the weight expects {K}")
-    if group < 1:
-        raise ValueError(f"group / block size must be positive, got {group}")
+    if group < 1 or (packed and group % 2):
+        raise ValueError(f"group / block size must be positive{' and even' if packed else ''}, got {group}")
     nb = -(-K // group)
     if scales.shape not in ((N,), (N, nb)):
         raise ValueError(f"scales must be ({N},) or ({N}, {nb}), got {tuple(scales.shape)}")
@@ -90,11 +95,14 @@ def _check_group(x: Tensor, weight: Tensor, scales: Tensor, group: int) -> int:
 
 def _blockwise(q: Tensor, weight: Tensor, scales: Tensor, block: int) -> Iterator[tuple[Tensor, Tensor]]:
     """Per block b of K: (exact integer product (M, N) float64, weight scales (N,) float64), one block
-    at a time (a list of them held 24 products of (256, 50304) float64, 2.5 GB, for an int4 LM head)."""
-    N, K = weight.shape
+    at a time (a list of them held 24 products of (256, 50304) float64, 2.5 GB, for an int4 LM head).
+    A packed 4-bit ``weight`` (uint8) is unpacked block by block (``block`` even)."""
+    packed = weight.dtype == torch.uint8
+    K = q.shape[1]
     for b, k0 in enumerate(range(0, K, block)):
         k1 = min(k0 + block, K)
-        acc = q[:, k0:k1].double() @ weight[:, k0:k1].double().t()  # exact: |partial sums| < 2^53
+        w = unpack_int4(weight[:, k0 // 2:k1 // 2]) if packed else weight[:, k0:k1]
+        acc = q[:, k0:k1].double() @ w.double().t()  # exact: |partial sums| < 2^53
         ws = scales.double() if scales.dim() == 1 else scales[:, b].double()
         yield acc, ws
 
@@ -130,6 +138,8 @@ def linear_block(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None,
     _check_group(x, weight, scales, block_size)
     if bits not in (4, 8):
         raise ValueError(f"bits must be 4 or 8, got {bits}")
+    if weight.dtype == torch.uint8 and bits != 4:
+        raise ValueError("a packed (uint8) weight holds 4-bit values: bits must be 4")
     lead = x.shape[:-1]
     q, x_scale = quantize_per_block_symmetric(x.reshape(-1, x.shape[-1]).to(torch.float32), block_size)
     y = torch.zeros(q.shape[0], weight.shape[0], dtype=torch.float64)

@@ -156,3 +156,29 @@ def expand_group_scales(scales: Tensor, K: int, group: int) -> Tensor:
     if scales.dim() == 1:
         return scales.float()[:, None].expand(-1, K)
     return scales.float().repeat_interleave(group, dim=1)[:, :K]
+
+
+INT4_ZERO = 8  # packed int4: each value is stored as value + 8 in a nibble
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """q (C, K) int8 in [-8, 7], K even -> (C, K / 2) uint8: two values a byte, stored value + 8, the even
+    index in the low nibble (ONNX Runtime ``MatMulNBits``' layout, so its weights are this tensor reshaped).
+    A 4-bit model holds its weights so: half the bytes of one int8 per value."""
+    if q.dim() != 2 or q.dtype != torch.int8:
+        raise TypeError(f"expected a 2-D int8 tensor, got {q.dtype} {tuple(q.shape)}")
+    if q.shape[1] % 2:
+        raise ValueError(f"4-bit weights are packed two a byte: in_features must be even, got {q.shape[1]}")
+    u = (q.to(torch.int16) + INT4_ZERO).to(torch.uint8)
+    if bool(((u >> 4) != 0).any()):
+        raise ValueError("weight values outside the 4-bit range [-8, 7]")
+    return (u[:, 0::2] | (u[:, 1::2] << 4)).contiguous()
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    """(C, K / 2) uint8 from ``pack_int4`` -> (C, K) int8."""
+    if packed.dim() != 2 or packed.dtype != torch.uint8:
+        raise TypeError(f"expected a 2-D uint8 tensor of packed 4-bit values, got {packed.dtype} "
+                        f"{tuple(packed.shape)}")
+    pairs = torch.stack([packed & 15, packed >> 4], dim=-1)  # (C, K / 2, 2)
+    return (pairs.reshape(packed.shape[0], -1).to(torch.int8) - INT4_ZERO).contiguous()

@@ -62,7 +62,8 @@ def linear_to_torchao(mod: Int8Linear) -> nn.Linear:
             "outputs with no error; dequantizing in the graph runs ~25x slower than float32): use int8-dynamic"
         )
     lin = nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
-    lin.weight = nn.Parameter(_intx_tensor(mod.weight, mod.scales, ACT_PER_TOKEN, mod.bits, mod.group_size),
+    # 4-bit weights unpacked (torchao's IntxUnpackedToInt8Tensor holds one value a byte; XNNPACK packs them again)
+    lin.weight = nn.Parameter(_intx_tensor(mod.integer_weight(), mod.scales, ACT_PER_TOKEN, mod.bits, mod.group_size),
                               requires_grad=False)
     if mod.bias is not None:
         lin.bias = nn.Parameter(mod.bias.clone(), requires_grad=False)

@@ -24,13 +24,18 @@ from .handler import QuantizationError
 # level apart, and the difference flows on through the later layers. With ~10^5 activations
 # quantized per token in a 162 M model such flips hit a good share of calls: on the `small` preset
 # (random init) 9 of 40 steps differed, logits by up to 9e-2, while the other steps agreed to ~4e-7.
-# Hence: the median call must agree to float32 noise (the tight check: a systematic difference,
-# such as a quantized state or another rounding rule, shows in every call); the worst call is only
-# bounded against gross errors (NaN, garbage). ``flip_fraction`` reports the share of calls above
-# the median bound.
+# Hence the tight check: ``TIGHT_CLEAN_CALLS`` calls must agree to float32 noise (a systematic
+# difference, such as a quantized state or another rounding rule, shows in every call, so not one
+# call would); the worst call is only bounded against gross errors (NaN, garbage). ``flip_fraction``
+# reports the share of calls above the per-call bound.
 # The share of calls with a flip grows with depth (9 of 12 two-row prefill calls on `small`), so deep
-# models get the tight check on a shallow probe of themselves (``probe``).
-TIGHT_MEDIAN_REL_ERR = 1e-4
+# models get the tight check on a shallow probe of themselves (``probe``); and with width: on the
+# one-block probe of the 7B shape (D 4096, FFN 10944, random bf16 checkpoint, ONNX Runtime int8-dynamic)
+# 16 of 24 two-row prefill calls and 15 of 32 steps flipped (2026-12-07). The calls are bimodal there:
+# 7e-7 .. 3e-6, or 2e-4 .. 1e-2, and ONNX Runtime gives bit-identical outputs on 1 and 2 threads. Until
+# then the rule was "the median call agrees", which refused that correct graph (median 1.55e-3).
+TIGHT_CALL_REL_ERR = 1e-4
+TIGHT_CLEAN_CALLS = 2
 TIGHT_MAX_REL_ERR = 0.25
 
 
@@ -90,9 +95,10 @@ class Parity:
     state_rel_err: float
     whole_state_rel_err: float
     median_rel_err: float
-    flip_fraction: float  # share of calls whose error exceeds TIGHT_MEDIAN_REL_ERR
+    flip_fraction: float  # share of calls whose error exceeds TIGHT_CALL_REL_ERR
     argmax_agreement: float
     calls: int
+    clean_calls: int = 0  # calls within TIGHT_CALL_REL_ERR
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -115,9 +121,10 @@ class _Tracker:
 
     def result(self) -> Parity:
         median = float(torch.tensor(self.per_call).median()) if self.per_call else 0.0
-        flips = sum(e > TIGHT_MEDIAN_REL_ERR for e in self.per_call) / max(len(self.per_call), 1)
+        clean = sum(e <= TIGHT_CALL_REL_ERR for e in self.per_call)  # NaN is never clean
+        flips = (len(self.per_call) - clean) / max(len(self.per_call), 1)
         return Parity(self.logits, self.state, self.whole, median, flips, self.agree / max(self.rows, 1),
-                      len(self.per_call))
+                      len(self.per_call), clean)
 
 
 def step_parity(graph, references: dict[str, object], ids: Tensor, state: list[Tensor],
@@ -146,8 +153,10 @@ def step_parity(graph, references: dict[str, object], ids: Tensor, state: list[T
 
 def prefill_parity(graph, references: dict[str, object], model: nn.Module, tokens_per_call: int,
                    batch: int = 2, valid_lengths: list[int] | None = None, calls: int = 1,
-                   generator: torch.Generator | None = None) -> dict[str, Parity]:
-    """``calls`` prefill calls on ``batch`` rows, each from a fresh random state.
+                   generator: torch.Generator | None = None, max_calls: int | None = None) -> dict[str, Parity]:
+    """``calls`` prefill calls on ``batch`` rows, each from a fresh random state; then, up to ``max_calls``,
+    more until every reference has ``TIGHT_CLEAN_CALLS`` clean calls (a wide model flips in most calls)
+    or one has a call beyond ``TIGHT_MAX_REL_ERR`` (no number of calls would pass it).
 
     ``valid_lengths``: one per row (cycled over the rows), default T for even rows and T // 2 + 1
     for odd ones. Short valid lengths make a tight check possible on a long prefill: every one of
@@ -157,7 +166,15 @@ def prefill_parity(graph, references: dict[str, object], model: nn.Module, token
     B, T = batch, tokens_per_call
     lengths = valid_lengths or [T, T // 2 + 1]
     trackers = {name: _Tracker() for name in references}
-    for _ in range(calls):
+
+    def settled() -> bool:
+        results = [tr.result() for tr in trackers.values()]
+        return all(r.clean_calls >= TIGHT_CLEAN_CALLS for r in results) or any(
+            not max(r.logits_rel_err, r.whole_state_rel_err) <= TIGHT_MAX_REL_ERR for r in results)
+
+    made = 0
+    while made < calls or (max_calls is not None and made < max_calls and not settled()):
+        made += 1
         ids = torch.randint(0, model.config.vocab_size, (B, T), generator=generator)
         valid = torch.tensor([min(lengths[b % len(lengths)], T) for b in range(B)], dtype=torch.int64)
         inputs = [ids, valid, *random_state(model, B, generator)]
@@ -177,12 +194,14 @@ def require_within(parity: Parity, bound: float, what: str) -> None:
 
 
 def require_tight(parity: Parity, what: str) -> None:
-    """Raise ``QuantizationError`` when a graph is not the same quantization as its eager reference:
-    the median call beyond float32 noise, or the worst call (logits, whole state) beyond a few flips."""
+    """Raise ``QuantizationError`` when a graph is not the same quantization as its eager reference: fewer
+    than ``TIGHT_CLEAN_CALLS`` calls within float32 noise, or the worst call (logits, whole state) beyond a
+    few flips."""
     worst = max(parity.logits_rel_err, parity.whole_state_rel_err)
-    if not (parity.median_rel_err <= TIGHT_MEDIAN_REL_ERR and worst <= TIGHT_MAX_REL_ERR):  # NaN fails too
+    if not (parity.clean_calls >= TIGHT_CLEAN_CALLS and worst <= TIGHT_MAX_REL_ERR):  # NaN fails too
         raise QuantizationError(
-            f"{what} differs from the same quantization in eager PyTorch: relative error median "
-            f"{parity.median_rel_err:.2e} (bound {TIGHT_MEDIAN_REL_ERR:.0e}), worst {worst:.2e} "
-            f"(bound {TIGHT_MAX_REL_ERR:.0e}; logits and whole state) over {parity.calls} calls"
+            f"{what} differs from the same quantization in eager PyTorch: {parity.clean_calls} of {parity.calls} "
+            f"calls within float32 noise ({TIGHT_CALL_REL_ERR:.0e} relative; {TIGHT_CLEAN_CALLS} needed: a "
+            f"systematic difference shows in every call, a rounding flip in some), median "
+            f"{parity.median_rel_err:.2e}, worst {worst:.2e} (bound {TIGHT_MAX_REL_ERR:.0e}; logits and whole state)"
         )

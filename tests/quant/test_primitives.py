@@ -14,10 +14,12 @@ from xlstm_edge.quant.primitives import (
     dequantize_per_channel,
     expand_group_scales,
     fake_quantize_per_token,
+    pack_int4,
     quantize_per_block_symmetric,
     quantize_per_channel_symmetric,
     quantize_per_group_symmetric,
     quantize_per_token,
+    unpack_int4,
 )
 
 from tests.conftest import rel_err
@@ -247,3 +249,51 @@ def test_int4_linear_module(seed):
         Int8Linear(64, 16, bits=4, group_size=0, activation="per_token")
     with pytest.raises(ValueError, match="8-bit only"):
         Int8Linear(64, 16, bits=4, group_size=32, activation="none")
+
+
+def test_int4_packing_round_trip_and_layout(seed):
+    """Two values a byte, value + 8, the even index low: MatMulNBits' own layout."""
+    q = torch.randint(-8, 8, (5, 64), dtype=torch.int8)
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (5, 32)
+    assert torch.equal(unpack_int4(packed), q), f"seed {seed}"
+    assert torch.equal(packed[:, 0].to(torch.int16), (q[:, 0] + 8).to(torch.int16) | ((q[:, 1] + 8).to(torch.int16) << 4))
+    with pytest.raises(ValueError, match="even"):
+        pack_int4(q[:, :63])
+    with pytest.raises(ValueError, match="4-bit range"):
+        pack_int4(torch.full((2, 4), 9, dtype=torch.int8))
+
+
+def test_packed_int4_products_equal_the_unpacked_ones(seed):
+    """The grouped ops on a packed weight compute exactly what they compute on its int8 values."""
+    x, w = torch.randn(3, 2, 96), torch.randn(40, 96)
+    q, scale = quantize_per_group_symmetric(w, 32, INT4_QMAX)
+    bias = torch.randn(40)
+    packed = pack_int4(q)
+    assert torch.equal(ops.linear_block(x, packed, scale, bias, 32, 4), ops.linear_block(x, q, scale, bias, 32, 4))
+    assert torch.equal(ops.linear_a8w8_token_group(x, packed, scale, bias, 32),
+                       ops.linear_a8w8_token_group(x, q, scale, bias, 32)), f"seed {seed}"
+    with pytest.raises(ValueError, match="bits must be 4"):
+        ops.linear_block(x, packed, scale, bias, 32, 8)
+
+
+def test_int4_linear_holds_half_a_byte_per_value(seed):
+    lin = nn.Linear(64, 16)
+    mod = Int8Linear.from_linear(lin, "per_block", bits=4, group_size=32)
+    assert mod.weight.dtype == torch.uint8 and mod.weight.shape == (16, 32)
+    q, scale = quantize_per_group_symmetric(lin.weight, 32, INT4_QMAX)
+    assert torch.equal(mod.integer_weight(), q)
+    assert torch.equal(mod.dequantized_weight(), q.float() * expand_group_scales(scale, 64, 32))
+    with pytest.raises(ValueError, match="even"):
+        Int8Linear(63, 16, bits=4, group_size=32, activation="per_block")
+
+
+def test_matmulnbits_packing_of_a_packed_weight(seed):
+    """A 4-bit model's packed weight gives MatMulNBits the same bytes as its int8 values do (K padded)."""
+    from xlstm_edge.quant.onnx_backend import pack_matmulnbits
+
+    for K in (96, 80):  # whole blocks, and a short last block
+        q, scale = quantize_per_group_symmetric(torch.randn(6, K), 32, INT4_QMAX)
+        direct = pack_matmulnbits(q.numpy(), scale.numpy(), 32, 4)
+        from_packed = pack_matmulnbits(pack_int4(q).numpy(), scale.numpy(), 32, 4)
+        assert all((a == b).all() and a.shape == b.shape for a, b in zip(direct, from_packed, strict=True)), f"K {K} seed {seed}"
