@@ -45,6 +45,14 @@ def check_state_float(program: torch.export.ExportedProgram, n_fixed_inputs: int
     return f"{len(state)} state inputs float32, none feeds a quantize op"
 
 
+def structure_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model``'s modules that shares its tensors (parameters and buffers): ``to_torchao`` then
+    swaps modules of the copy only, and its int8 weights wrap the same storage (``torch.export`` and the
+    lowering never write to them). A deep copy held the quantized model twice (1.4 GB at 1.4 B int8)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return copy.deepcopy(model, memo={id(t): t for t in tensors})
+
+
 def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: Path,
                    batch: int = 1, runner: RunnerSpec | None = None) -> dict[str, Any]:
     """Lower ``methods`` ({method name: (graph kind "step" | "prefill", tokens_per_call)}) of the
@@ -58,7 +66,7 @@ def export_program(model: nn.Module, methods: dict[str, tuple[str, int]], path: 
     from executorch.exir import to_edge_transform_and_lower
 
     load_quantized_kernels()
-    ao_model = to_torchao(copy.deepcopy(model))
+    ao_model = to_torchao(structure_copy(model))
     programs = {}
     facts: dict[str, Any] = {}
     with torch.no_grad(), quiet_lowering():
