@@ -78,9 +78,11 @@ def run_export(ckpt: Path, out: Path, fmt: str, scheme: str | None, eval_tokens:
         # random weights: speed only (the quality report is computed, its gate not applied)
         cmd += ["--quantize", scheme, "--embedding", "int8", "--allow-quality-loss", "--eval-tokens", str(eval_tokens)]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = out.with_suffix(".log")  # the export's whole stderr (its stage lines, a traceback), kept beside it
+    with open(log, "w") as fh:
+        proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=fh, text=True)
     wall = time.perf_counter() - t0
-    err = proc.stderr
+    err = log.read_text()
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
     stages: list[str] = []
     last = None
@@ -95,10 +97,11 @@ def run_export(ckpt: Path, out: Path, fmt: str, scheme: str | None, eval_tokens:
             stages.append(f"{name} {float(secs):.0f} s / {float(gib):.1f} GiB")
     if last is not None and last[1] != "done":
         stages.append(f"{last[1]} {wall - last[0]:.0f} s")
-    tail = [ln for ln in err.splitlines() if ln.startswith(("Error", "Traceback"))]
+    # the export's own last line (before /usr/bin/time's report): "Error: ..." or a traceback's exception
+    own = [ln for ln in err.split("\tCommand being timed")[0].splitlines() if ln.strip()]
+    error = f"{own[-1] if own else 'no output'} (whole log: {log})" if proc.returncode else ""
     return {"ok": proc.returncode == 0, "wall_s": wall, "peak_rss": int(peak[1]) * 1024 if peak else None,
-            "package_bytes": dir_bytes(out) if out.is_dir() else None, "stages": stages,
-            "error": tail[-1] if tail else (err.strip().splitlines()[-1] if proc.returncode else "")}
+            "package_bytes": dir_bytes(out) if out.is_dir() else None, "stages": stages, "error": error}
 
 
 def run_bench(package: Path) -> dict | None:
