@@ -7,10 +7,9 @@ shape (default xLSTM 7B heads at 65k tokens: B 8, NH 8, S 8192, DQK 256, DV 512,
               problem), for launch variants: register caps (Launch.maxnreg) that let more blocks share a
               multiprocessor, tiles, pipelining depth; every
               variant's outputs checked against the default launch's (norm-wise relative error)
-    e2e       fwd and fwd+bwd (do_bench median) of the previous default (f8898a5: its four launches,
-              the PyTorch glue in line), the default (backward.FUSED_GLUE: the gate gradients as one
-              kernel; backward.OVERLAP_GRAD_TERMS: the normaliser's terms on a side stream), the
-              default without the side stream, the per-kernel winners of `kernels` when run, and NX-AI
+    e2e       fwd and fwd+bwd (do_bench median) of E2E_SETUPS (cc8a039's default: the input-gradient
+              kernel over DQK tiles; the default; launches of the one-DQK-tile input-gradient kernel,
+              backward.WIDE_INPUTS), the per-kernel winners of `kernels` when run, and NX-AI
               limit_chunk when importable; h and every gradient of each against the first row's
 
 Usage (CUDA machine, repository root, the shadow package of bench/gpu_env.sh on the path):
@@ -64,6 +63,7 @@ def apply(kind: str, launch: tuple) -> None:
 
 
 GLUE0, OVERLAP0 = bw.FUSED_GLUE, bw.OVERLAP_GRAD_TERMS
+WIDE0, WIDE_LAUNCH0 = bw.WIDE_INPUTS, bw.WIDE_LAUNCH
 # the default before this branch (commit f8898a5): PyTorch glue, in line, these launches
 PREVIOUS = {"output": fw.Launch(64, 128, 8, 3), "bwd": fw.Launch(64, 128, 8, 3),
             "states": fw.Launch(64, 128, 4, 2), "states_bwd": fw.Launch(64, 128, 4, 2)}  # fmt: skip
@@ -73,6 +73,30 @@ def reset() -> None:
     """The defaults as imported."""
     fw.LAUNCH_DEFAULTS["16bit"] = dict(DEFAULTS)
     bw.FUSED_GLUE, bw.OVERLAP_GRAD_TERMS = GLUE0, OVERLAP0
+    bw.WIDE_INPUTS, bw.WIDE_LAUNCH = WIDE0, WIDE_LAUNCH0
+
+
+def narrow() -> None:
+    """The default of cc8a039: the input-gradient kernel over DQK tiles (_bwd_inputs_kernel)."""
+    reset()
+    bw.WIDE_INPUTS = False
+
+
+def wide(block_v: int, warps: int, stages: int):
+    def setup() -> None:
+        reset()
+        bw.WIDE_INPUTS, bw.WIDE_LAUNCH = True, fw.Launch(0, block_v, warps, stages)
+
+    return setup
+
+
+# e2e rows (name: setup), the first the reference of the error columns
+E2E_SETUPS = {
+    "cc8a039 default (narrow inputs kernel)": narrow,
+    "default": reset,
+    "wide inputs kernel 32/8/2": wide(32, 8, 2),
+    "wide inputs kernel 32/8/3": wide(32, 8, 3),
+}
 
 
 def previous() -> None:
@@ -98,7 +122,7 @@ def _warm(args) -> list[str]:
             out.append(f"{label(kind, launch)}: {type(err).__name__}: {str(err)[:160]}")
         reset()
     # whole fwd+bwd of the previous and the current default (same specialisation as S 8192)
-    for setup in (previous, reset) if e2e_defaults else ():
+    for setup in E2E_SETUPS.values() if e2e_defaults else ():
         setup()
         leaves, grad = inputs("1x1x1024x256x512")
         mc.mlstm_chunkwise_triton(*leaves, chunk_size=L)[0].backward(grad)
@@ -223,16 +247,12 @@ def e2e(shape: str, best: dict[str, tuple], nxai: bool) -> None:
     flops = th * (4 * DQK * DV + 2 * L * (DQK + DV)) + th * (10 * DQK * DV + 2 * L * (3 * DQK + 2 * DV))
     leaves, grad = inputs(shape)
 
-    def no_overlap():
-        reset()
-        bw.OVERLAP_GRAD_TERMS = False
-
     def setup_best(glue):
         reset()
         bw.FUSED_GLUE = glue
         fw.LAUNCH_DEFAULTS["16bit"] = {**DEFAULTS, **{kind: fw.Launch(*v[0]) for kind, v in best.items()}}
 
-    setups = {"previous default (f8898a5)": previous, "default": reset, "default, no overlap": no_overlap}
+    setups = dict(E2E_SETUPS)
     if best:
         setups["per-kernel best launches"] = lambda: setup_best(GLUE0)
         print("E2E per-kernel best:", {k: v[0] for k, v in best.items()}, flush=True)
