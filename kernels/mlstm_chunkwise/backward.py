@@ -308,6 +308,7 @@ def _bwd_inputs_wide_kernel(
     nk = tl.load(ns_ptr + state_base + offs_k, mask=mask_k, other=0.0)
     dnk = tl.load(dns_ptr + state_base + offs_k, mask=mask_k, other=0.0)
     dq_x = alpha[:, None] * (dq_inter / norm[:, None] + dden[:, None] * nk[None, :]) * scale
+    qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_tk, other=0.0)  # again: not live in the loop
     qa = tl.sum(qt.to(tl.float32) * dq_x, axis=1)
     dq = tl.dot(wdp, kk, input_precision=DOT_PREC) * scale + dq_x
     tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_tk)
