@@ -7,9 +7,8 @@ shape (default xLSTM 7B heads at 65k tokens: B 8, NH 8, S 8192, DQK 256, DV 512,
               problem), for launch variants: register caps (Launch.maxnreg) that let more blocks share a
               multiprocessor, tiles, pipelining depth; every
               variant's outputs checked against the default launch's (norm-wise relative error)
-    e2e       fwd and fwd+bwd (do_bench median) of E2E_SETUPS (cc8a039's default: the input-gradient
-              kernel over DQK tiles; the default; launches of the one-DQK-tile input-gradient kernel,
-              backward.WIDE_INPUTS), the per-kernel winners of `kernels` when run, and NX-AI
+    e2e       fwd and fwd+bwd (do_bench median) of E2E_SETUPS (the default; launches of the one-DQK-tile
+              input-gradient kernel, backward.WIDE_INPUTS), the per-kernel winners of `kernels` when run, and NX-AI
               limit_chunk when importable; h and every gradient of each against the first row's
 
 Usage (CUDA machine, repository root, the shadow package of bench/gpu_env.sh on the path):
@@ -76,12 +75,6 @@ def reset() -> None:
     bw.WIDE_INPUTS, bw.WIDE_LAUNCH = WIDE0, WIDE_LAUNCH0
 
 
-def narrow() -> None:
-    """The default of cc8a039: the input-gradient kernel over DQK tiles (_bwd_inputs_kernel)."""
-    reset()
-    bw.WIDE_INPUTS = False
-
-
 def wide(block_v: int, warps: int, stages: int):
     def setup() -> None:
         reset()
@@ -92,12 +85,9 @@ def wide(block_v: int, warps: int, stages: int):
 
 # e2e rows (name: setup), the first the reference of the error columns
 E2E_SETUPS = {
-    "cc8a039 default (narrow inputs kernel)": narrow,
     "default": reset,
-    "wide inputs kernel 32/8/2": wide(32, 8, 2),
+    "wide inputs kernel 64/8/2": wide(64, 8, 2),
     "wide inputs kernel 32/8/3": wide(32, 8, 3),
-    "wide inputs kernel 64/16/2": wide(64, 16, 2),
-    "wide inputs kernel 32/16/3": wide(32, 16, 3),
 }
 
 

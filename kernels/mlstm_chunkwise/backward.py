@@ -326,8 +326,14 @@ def _bwd_inputs_wide_kernel(
 
 # Whether the 16-bit backward uses _bwd_inputs_wide_kernel (DQK up to WIDE_MAX_DQK, padded to a power
 # of two, the config's backward per-chunk fields unset) and its launch (block_k unused: the whole DQK).
-# Read at call time.
-WIDE_INPUTS = True
+# Read at call time. Off: correct but slower. H200, 2026-12-07 (bench/gpu_wide.sh, one process, 7B
+# heads, B 8, S 8192, bf16): fwd+bwd 11.21 ms at 64/8/2 against 10.90 ms for _bwd_inputs_kernel (32/8/3
+# 11.63, 64/16/2 14.25, 32/16/3 14.80); outputs equal to the DQK-tiled kernel's (dq, dk, dv bit for bit),
+# all 68 GPU tests passed with it on, 60 of 68 under memcheck (no error) before the limit. The
+# (L x DQK) float32 accumulators of dq and dk (128 registers a thread at 8 warps) leave 255 registers
+# and ~650 B of spills (Triton 3.6, bench/state_ptxas.py), most in the epilogue: the read of dC_end
+# saved (~2.1 GB) did not pay for them.
+WIDE_INPUTS = False
 WIDE_MAX_DQK = 256
 WIDE_LAUNCH = Launch(0, 64, 8, 2)
 
