@@ -160,6 +160,7 @@ def export_cmd(ckpt: str, out: Path, fmt: str, prefill_tokens: int | None, batch
             raise click.ClickException(str(e)) from None
     if not ignore_memory_estimate:
         _check_memory(path, fmt, scheme, embedding, prefill_tokens)
+    _check_disk(path, out, fmt, scheme, embedding)
     if scheme is not None:  # quantized as read, straight into OUT: no float package, no float model
         opts_kw = dict(embedding=embedding, allow_quality_loss=allow_quality_loss, eval_tokens=eval_tokens,
                        greedy_tokens=greedy_tokens)
@@ -234,6 +235,20 @@ def _check_memory(path: Path, fmt: str, scheme: str | None, embedding: str, pref
     refusal = estimate.refusal(available_bytes(), fmt, scheme, prefill_tokens)
     if refusal is not None:
         raise click.ClickException(refusal + " (--ignore-memory-estimate starts it anyway)")
+
+
+def _check_disk(path: Path, out: Path, fmt: str, scheme: str | None, embedding: str) -> None:
+    """Refuse at once, in one line, an export whose package and graph files would not fit on the disk of
+    ``out`` (a 7B int8 export once filled it after 24 minutes)."""
+    import shutil
+
+    from .estimate import disk_refusal, estimate_disk
+
+    parent = next(p for p in [out.resolve(), *out.resolve().parents] if p.exists())
+    refusal = disk_refusal(estimate_disk(_config_of(path), scheme, embedding, fmt), shutil.disk_usage(parent).free,
+                           str(parent))
+    if refusal is not None:
+        raise click.ClickException(refusal)
 
 
 def _config_of(path: Path):

@@ -94,4 +94,29 @@ def estimate_export(config: xLSTMConfig, scheme: str | None = None, embedding: s
                     f"{q / GIB:.1f} GiB of quantized model, one float32 block at a time")
 
 
-__all__ = ["Estimate", "estimate_export"]
+def estimate_disk(config: xLSTMConfig, scheme: str | None = None, embedding: str = "fp32", fmt: str = "onnx") -> int:
+    """Bytes of disk an export takes at its peak beside the output: an ONNX export holds the package's
+    shared weights file, the graph being written (the exporter's data file) and, quantized, its packed
+    copy (``export.onnx_weights.WeightsWriter`` merges each graph as it is written): 2 packages float32,
+    3 quantized; an ExecuTorch export writes its one program (plus a probe's, small)."""
+    total, linear, emb, _ = _sizes(config)
+    float_params = total - linear - (emb if embedding == "int8" else 0)
+    if scheme is None:
+        package = 4 * total
+    else:
+        per_weight = 1.0 if scheme != "int4-dynamic" else 0.5 + 4 / INT4_GROUP
+        package = int(per_weight * linear) + (emb if embedding == "int8" else 0) + 4 * float_params
+    copies = 1 if fmt == "executorch" else (2 if scheme is None else 3)
+    return int(copies * package * 1.05)
+
+
+def disk_refusal(needed: int, free: int, where: str) -> str | None:
+    """One line if ``free`` bytes at ``where`` are fewer than ``needed``; else None."""
+    if needed <= free:
+        return None
+    return (f"this export needs about {needed / GIB:.1f} GiB of disk beside {where} (the package and the graph "
+            f"being written), {free / GIB:.1f} GiB are free: nothing was started; free some space or write "
+            "the package elsewhere")
+
+
+__all__ = ["Estimate", "disk_refusal", "estimate_disk", "estimate_export"]

@@ -17,6 +17,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from xlstm_edge.model import xLSTMForCausalLM
@@ -215,14 +216,13 @@ def export_package(
                 write_genai_config,
             )
             from .genai_graph import GenAIStateError, slot_shapes
-            from .to_onnx import OnnxRunner, check_onnx, export_onnx_method, share_graph_weights
+            from .to_onnx import OnnxRunner, PackageGraphs, check_onnx, export_onnx_method
 
-            graphs = {
-                "step": timed("step graph", lambda: export_onnx_method(model, "step", 1, tmp / "step.onnx")),
-                "prefill": timed(
-                    "prefill graph", lambda: export_onnx_method(model, "prefill", T, tmp / "prefill.onnx")
-                ),
-            }
+            package_graphs = PackageGraphs(tmp)  # each graph's weights into weights.bin as it is written
+            for key, tokens in (("step", 1), ("prefill", T)):
+                path = tmp / f"{key}.onnx"
+                package_graphs.add(path, key, timed(f"{key} graph", partial(export_onnx_method, model, key, tokens, path)))
+            graphs = package_graphs.graphs
             make_runner = lambda: OnnxRunner(tmp, graphs)  # noqa: E731
             parity_batch = PARITY_BATCH_DYNAMIC
         else:
@@ -256,12 +256,13 @@ def export_package(
                 try:
                     conv, rec = slot_shapes(config)
                     timed("genai graph", lambda: export_genai_graph(model, tmp / GRAPH_NAME))
+                    package_graphs.add(tmp / GRAPH_NAME)
                     extra_files.append(GRAPH_NAME)
                     genai_info = GenAIInfo(graph=GRAPH_NAME, config=None, conv_state=["batch", *conv],
                                            recurrent_state=["batch", *rec])
                 except GenAIStateError as e:
                     genai_info = GenAIInfo(graph=None, config=None, refused=str(e))
-            shared = timed("shared weights", lambda: share_graph_weights(tmp, graphs, model, extra_files))
+            shared = timed("weights index", lambda: package_graphs.finish(model))
             weights_index = shared["index"]
             timed("onnx checker", lambda: [check_onnx(tmp / f) for f in [*(g.file for g in graphs.values()),
                                                                          *extra_files]])

@@ -1,8 +1,8 @@
 """ONNX: one ``.onnx`` file per method (``step.onnx``, ``prefill.onnx``), dynamo exporter, opset 20.
 
 Batch is dynamic (symbol "batch"); every other dim is static. The exporter writes each graph's
-weights to ``<name>.onnx.data``; they then move to one shared ``weights.bin``
-(``onnx_weights.share_weights``): the package holds them once. Float32 and quantized graphs come out
+weights to ``<name>.onnx.data``; they then move to one shared ``weights.bin`` as each graph is written
+(``PackageGraphs``): the package holds them once. Float32 and quantized graphs come out
 of this one exporter (a quantized model brings its ``Lowering``).
 """
 
@@ -48,7 +48,7 @@ def export_onnx_method(
 ) -> GraphEntry:
     """Export ``method`` ("step" | "prefill") to ``path``; return its manifest entry (file = path.name).
 
-    Weights always go to a data file beside the graph, tensor by tensor (``share_graph_weights`` then
+    Weights always go to a data file beside the graph, tensor by tensor (``PackageGraphs`` then
     moves them into the package's one weights file): serializing them into the graph's own protobuf
     would hold the whole model in memory twice more (and meet protobuf's 2 GB limit). ``lowering``:
     a quantized model's custom ops and passes (``quant.onnx_backend.LOWERING``).
@@ -116,22 +116,36 @@ def export_onnx_module(module: nn.Module, args: tuple, path: Path, inputs: list[
     if lowering is not None and lowering.after_save is not None:
         lowering.after_save(path)
 
-def share_graph_weights(package_dir: Path, graphs: dict[str, GraphEntry], model: nn.Module | None = None,
-                        extra_files: list[str] | None = None) -> dict[str, Any]:
-    """Move the graphs' weights (and those of ``extra_files``, graphs outside the manifest's ``graphs``
-    such as ``genai.onnx``) into one ``weights.bin`` and name it in their entries. With ``model``,
-    returns the manifest's weights index too (``onnx_weights.weights_index``, key "index")."""
-    from .onnx_weights import DATA_NAME, share_weights
-    from .package_weights import weights_index
+class PackageGraphs:
+    """A package's ONNX graphs as they are exported: ``add(path, entry)`` moves the graph's weights into the
+    package's one ``weights.bin`` at once (``onnx_weights.WeightsWriter``: the disk holds the weights once
+    plus one graph's files) and, with an ``entry``, records it among the manifest's graphs (``extra``
+    graphs such as ``genai.onnx`` go without). ``finish(model)``: the writer's figures, and with ``model``
+    the manifest's weights index (``package_weights.weights_index``, key "index")."""
 
-    locations: dict[bytes, dict[str, Any]] = {}
-    paths = [package_dir / g.file for g in graphs.values()] + [package_dir / f for f in extra_files or []]
-    stats: dict[str, Any] = dict(share_weights(paths, DATA_NAME, locations))
-    for g in graphs.values():
-        g.data_file = DATA_NAME
-    if model is not None:
-        stats["index"] = weights_index(model, locations)
-    return stats
+    def __init__(self, package_dir: Path):
+        from .onnx_weights import WeightsWriter
+
+        self.locations: dict[bytes, dict[str, Any]] = {}
+        self.writer = WeightsWriter(package_dir, locations=self.locations)
+        self.graphs: dict[str, GraphEntry] = {}
+
+    def add(self, path: Path, key: str | None = None, entry: GraphEntry | None = None) -> GraphEntry | None:
+        from .onnx_weights import DATA_NAME
+
+        self.writer.add(path)
+        if entry is not None:
+            entry.data_file = DATA_NAME
+            self.graphs[key or entry.method] = entry
+        return entry
+
+    def finish(self, model: nn.Module | None = None) -> dict[str, Any]:
+        from .package_weights import weights_index
+
+        stats: dict[str, Any] = dict(self.writer.close())
+        if model is not None:
+            stats["index"] = weights_index(model, self.locations)
+        return stats
 
 
 def check_onnx(path: Path) -> None:

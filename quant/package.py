@@ -287,21 +287,25 @@ def write_graphs(qmodel: nn.Module, manifest: md.Manifest, out: Path, genai: boo
     if manifest.backend == "onnxruntime":
         from xlstm_edge.export.genai import GRAPH_NAME, export_genai_graph
         from xlstm_edge.export.genai_graph import GenAIStateError
-        from xlstm_edge.export.to_onnx import share_graph_weights
+        from xlstm_edge.export.to_onnx import PackageGraphs
 
         from .onnx_backend import LOWERING, export_graph, inspect_graph
 
-        graphs = {key: dataclasses.replace(entry) for key, entry in manifest.graphs.items()}
-        for key, entry in graphs.items():
+        package_graphs = PackageGraphs(out)  # each graph's weights into weights.bin as it is written
+        for key, entry in manifest.graphs.items():
+            entry = dataclasses.replace(entry)
             export_graph(qmodel, key, entry.tokens_per_call, out / entry.file)
+            package_graphs.add(out / entry.file, key, entry)
         extra: list[str] = []
         if genai:
             try:
                 export_genai_graph(qmodel, out / GRAPH_NAME, lowering=LOWERING)
+                package_graphs.add(out / GRAPH_NAME)
                 extra.append(GRAPH_NAME)
             except GenAIStateError as e:
                 facts["genai"] = {"refused": str(e)}
-        share_graph_weights(out, graphs, extra_files=extra)
+        package_graphs.finish()
+        graphs = package_graphs.graphs
         for key, entry in graphs.items():
             facts[key] = inspect_graph(out / entry.file)
         if extra:
