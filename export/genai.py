@@ -250,7 +250,7 @@ def genai_parity(model: xLSTMForCausalLM, package_dir: Path, tokens_per_call: in
 def export_genai(model: xLSTMForCausalLM, package_dir: Path, tokenizer_entry: Any, tokens_per_call: int,
                  steps: int = 16, tolerance: float | None = None, lowering: Any = None, check: bool = True
                  ) -> GenAIInfo:
-    """Write ``genai.onnx`` (its weights in a data file beside it, for ``share_weights``) and
+    """Write ``genai.onnx`` (its weights in a data file beside it, for ``onnx_weights.WeightsWriter``) and
     ``genai_config.json`` into ``package_dir`` and check the graph's parity (float graphs: against the
     float64 reference; ``check`` False for quantized graphs, which the caller checks against eager int8).
     A model whose state GenAI cannot carry gets no files and an info naming the limit (``refused``)."""

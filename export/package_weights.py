@@ -2,7 +2,7 @@
 and needs no checkpoint (``PackageWeights``, a ``WeightSource``).
 
 At export every float32 parameter is looked up by content (sha256 of its bytes) among the blobs the
-package stores: ONNX packages' ``weights.bin`` tensors (``onnx_weights.share_weights``' locations) and
+package stores: ONNX packages' ``weights.bin`` tensors (``onnx_weights.WeightsWriter``' locations) and
 ExecuTorch packages' ``model.pte`` named-data and constant segments (``pte_weights.pte_locations``).
 The manifest's ``weights`` entry records the result (``weights_index``).
 """
@@ -45,7 +45,7 @@ def stored_lengths(params) -> set[int]:
 
 def weights_index(model, locations: dict[bytes, dict[str, Any]], file: str = DATA_NAME) -> dict[str, Any]:
     """Where each float32 parameter of ``model`` lies in the package, found by content
-    (``share_weights``' ``locations``): stored as it is or transposed (the exporter folds a Linear's
+    (``WeightsWriter``' ``locations``): stored as it is or transposed (the exporter folds a Linear's
     ``W^T`` into an initializer of its own; a conv weight (D, 1, K) becomes (K, D)), whole or as
     slices of dim 0 (``_find``). Returns {"file": DATA_NAME, "tensors": {name: {"shape", "transposed",
     "parts": [{"offset", "length"} | {"initializer", "graph"}]}}, "missing": [names]}.

@@ -100,7 +100,7 @@ def lower_linear_blocks_file(path: Path) -> int:
     ``com.microsoft.MatMulNBits`` (accuracy level 4), its weight and scales packed (``pack_matmulnbits``).
 
     Reads one weight at a time from the graph's external data and writes the packed tensors to
-    ``<name>.nbits`` beside it (the package's ``share_weights`` merges every data file into one), so
+    ``<name>.nbits`` beside it (the package's ``WeightsWriter`` merges every data file into one), so
     memory stays at one weight, whatever the model's size. Returns the count; raises
     ``QuantizationError`` if a placeholder's weight or scales is not an initializer.
     """
