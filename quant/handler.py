@@ -221,18 +221,23 @@ def load_quantized(source: WeightSource, scheme: str, embedding: str = "fp32", *
     plan = plan_quantization(model, scheme, embedding, backend=backend)
     sch = SCHEMES[scheme]
     tied = config.tie_word_embeddings
-    # (stored weight, group size) -> its (q, scales): a tied head and embedding share int8 rows
+    # (the tied embedding, group size) -> its (q, scales): a tied head shares the embedding's int8 rows.
+    # Only that one is kept: a 4-bit Linear packs its q, and a kept int8 q of every weight would hold
+    # the whole model at one byte a value again
     shared: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
     for d in plan.quantized_layers:
         old = model.get_submodule(d.name)
         group = 0 if isinstance(old, nn.Embedding) else sch.group_size
         stored = EMBEDDING if tied and d.name == "lm_head" else f"{d.name}.weight"
-        if (stored, group) not in shared:
+        if (stored, group) in shared:
+            q, scales = shared[stored, group]
+        else:
             weight = source.read(stored, torch.float32)
-            shared[stored, group] = (quantize_per_group_symmetric(weight, group, INT4_QMAX) if group else
-                                     quantize_per_channel_symmetric(weight, axis=0))
+            q, scales = (quantize_per_group_symmetric(weight, group, INT4_QMAX) if group else
+                         quantize_per_channel_symmetric(weight, axis=0))
             del weight
-        q, scales = shared[stored, group]
+            if tied and stored == EMBEDDING:
+                shared[stored, group] = q, scales
         if isinstance(old, nn.Embedding):
             new: nn.Module = Int8Embedding.from_quantized(q, scales)
         else:
