@@ -80,16 +80,23 @@ def _sizes(config: xLSTMConfig) -> tuple[int, int, int, int]:
     return total, linear, embedding, block_max
 
 
+def _quantized_bytes(config: xLSTMConfig, scheme: str, embedding: str, unpacked_int4: bool) -> int:
+    """Bytes of the quantized weights: 1 a weight for int8; int4 half a byte (one byte where
+    ``unpacked_int4``: ExecuTorch's torchao form) plus its float32 group scale; the rest float32."""
+    total, linear, emb, _ = _sizes(config)
+    float_params = total - linear - (emb if embedding == "int8" else 0)
+    per_weight = 1.0 if scheme != "int4-dynamic" else (1.0 if unpacked_int4 else 0.5) + 4 / INT4_GROUP
+    return int(per_weight * linear) + (emb if embedding == "int8" else 0) + 4 * float_params
+
+
 def estimate_export(config: xLSTMConfig, scheme: str | None = None, embedding: str = "fp32",
                     fmt: str = "onnx") -> Estimate:
     """The peak resident memory of ``xlstm-edge export`` (float32 when ``scheme`` is None) to ``fmt``
     ("onnx" | "executorch")."""
-    total, linear, emb, block = _sizes(config)
+    total, _, _, block = _sizes(config)
     if scheme is None:
         return Estimate(int(FLOAT_BASE + FLOAT_PER_BYTE * 4 * total), f"{4 * total / GIB:.1f} GiB of float32 weights")
-    float_params = total - linear - (emb if embedding == "int8" else 0)
-    per_weight = 1.0 if scheme != "int4-dynamic" else (1.0 if fmt == "executorch" else 0.5) + 4 / INT4_GROUP
-    q = int(per_weight * linear) + (emb if embedding == "int8" else 0) + 4 * float_params
+    q = _quantized_bytes(config, scheme, embedding, unpacked_int4=fmt == "executorch")
     return Estimate(int(QUANT_BASE + QUANT_PER_BYTE * q + 4 * block),
                     f"{q / GIB:.1f} GiB of quantized model, one float32 block at a time")
 
@@ -99,13 +106,7 @@ def estimate_disk(config: xLSTMConfig, scheme: str | None = None, embedding: str
     shared weights file, the graph being written (the exporter's data file) and, quantized, its packed
     copy (``export.onnx_weights.WeightsWriter`` merges each graph as it is written): 2 packages float32,
     3 quantized; an ExecuTorch export writes its one program (plus a probe's, small)."""
-    total, linear, emb, _ = _sizes(config)
-    float_params = total - linear - (emb if embedding == "int8" else 0)
-    if scheme is None:
-        package = 4 * total
-    else:
-        per_weight = 1.0 if scheme != "int4-dynamic" else 0.5 + 4 / INT4_GROUP
-        package = int(per_weight * linear) + (emb if embedding == "int8" else 0) + 4 * float_params
+    package = 4 * _sizes(config)[0] if scheme is None else _quantized_bytes(config, scheme, embedding, False)
     copies = 1 if fmt == "executorch" else (2 if scheme is None else 3)
     return int(copies * package * 1.05)
 
