@@ -297,3 +297,22 @@ def test_matmulnbits_packing_of_a_packed_weight(seed):
         direct = pack_matmulnbits(q.numpy(), scale.numpy(), 32, 4)
         from_packed = pack_matmulnbits(pack_int4(q).numpy(), scale.numpy(), 32, 4)
         assert all((a == b).all() and a.shape == b.shape for a, b in zip(direct, from_packed, strict=True)), f"K {K} seed {seed}"
+
+
+@pytest.mark.parametrize(("block", "q_max", "packed"), [(32, 127, False), (48, 255, True), (1100, 127, False)])
+def test_block_products_are_exact_in_every_row_chunk(seed, monkeypatch, block, q_max, packed):
+    """Each yielded chunk holds the exact integer product of each block of K (a short last block, several
+    row chunks; float32 while the block sums stay below 2^24, float64 past it)."""
+    monkeypatch.setattr(ops, "PRODUCT_ELEMENTS", 3000)
+    K = 2 * block + block // 2
+    q = torch.randint(-q_max, q_max + 1, (3, K)).float()
+    w = torch.randint(-8, 8, (37, K), dtype=torch.int8) if packed else torch.randint(-128, 128, (37, K), dtype=torch.int8)
+    nb, seen = 3, []
+    for n0, n1, acc in ops.block_products(q, pack_int4(w) if packed else w, block, q_max):
+        assert acc.shape == (nb, 3, n1 - n0) and acc.dtype == (torch.float64 if block > 1032 else torch.float32)
+        for b in range(nb):
+            k = slice(b * block, min(K, (b + 1) * block))
+            assert torch.equal(acc[b].double(), q[:, k].double() @ w[n0:n1, k].double().t()), f"seed {seed}"
+        seen.append((n0, n1))
+    assert len(seen) > 1 and seen[0][0] == 0 and seen[-1][1] == 37
+    assert all(a[1] == b[0] for a, b in zip(seen, seen[1:], strict=False))
