@@ -4,7 +4,7 @@ Triton may differ). 7B heads (DQK 256, DV 512), L 64, bf16.
 
 Usage (the shadow package of bench/gpu_env.sh or an install on the path):
     python bench/state_ptxas.py states:64:128:4:2:0 states_bwd:64:128:4:2:168 output:64:128:8:3:128
-        bwd_wide:0:64:8:2:0
+        bwd:64:128:8:3:0
         (kernel : block_k : block_v : warps : stages : maxnreg, 0 for none)
 With Triton 3.6 (the device's; `pip install --target DIR triton==3.6.0`, DIR first on PYTHONPATH) the
 counts match ncu's on the H100 (states 230, states_bwd 255, output 151 registers at the 16-bit default).
@@ -26,7 +26,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from xlstm_edge.kernels.mlstm_chunkwise.backward import (  # noqa: E402
     _bwd_inputs_kernel,
-    _bwd_inputs_wide_kernel,
     _bwd_states_kernel,
 )
 from xlstm_edge.kernels.mlstm_chunkwise.forward import _fwd_output_kernel, _fwd_states_kernel  # noqa: E402
@@ -38,7 +37,6 @@ PTRS = {
     "states_bwd": (_bwd_states_kernel, "q dh", "lf ig mpos norm dden ms dCf dnf", "dCs", "dns dC0 dn0", "S NC", "scale"),
     "output": (_fwd_output_kernel, "q k v", "lf ig", "Cs", "ns ms", "", ""),
     "bwd": (_bwd_inputs_kernel,),
-    "bwd_wide": (_bwd_inputs_wide_kernel,),  # block_k ignored: the whole DQK
 }
 # (name, type) of _bwd_inputs_kernel's run-time arguments
 BWD_ARGS = [(n, "*bf16") for n in "q k v dh".split()] + [(n, "*fp32") for n in "lf ig mpos norm dden".split()] + [
@@ -56,10 +54,6 @@ def report(spec: str) -> str:
         sig = {n + "_ptr": t for n, t in BWD_ARGS}
         sig.update({"S": "i32", "NC": "i32", "scale": "fp32", "NK": "i32", "NV": "i32"})
         const = dict(L=64, DQK=256, DV=512, BK=bk, BV=bv, DOT_PREC="tf32")
-    elif kind == "bwd_wide":
-        sig = {n + "_ptr": t for n, t in BWD_ARGS}
-        sig.update({"S": "i32", "NC": "i32", "scale": "fp32", "NV": "i32"})
-        const = dict(L=64, DQK=256, DKP=256, DV=512, BV=bv, DOT_PREC="tf32")
     elif kind == "output":
         for n in "q k v".split():
             sig[n + "_ptr"] = "*bf16"

@@ -24,8 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ..common import dot_precision, next_pow2, pick_block
-from .forward import ChunkwiseConfig, Launch, bwd_launch, state_launch
+from ..common import dot_precision, pick_block
+from .forward import ChunkwiseConfig, bwd_launch, state_launch
 
 
 @triton.jit
@@ -228,122 +228,6 @@ def _bwd_inputs_kernel(
         tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
 
 
-# DKP: DQK padded to a power of two (masked); NV: run-time tile count for a one-tile DV (as above)
-@triton.jit(do_not_specialize=["NV"])
-def _bwd_inputs_wide_kernel(
-    q_ptr, k_ptr, v_ptr, dh_ptr, lf_ptr, ig_ptr, mpos_ptr, norm_ptr, dden_ptr,
-    Cs_ptr, ns_ptr, ms_ptr, dCs_ptr, dns_ptr,
-    dq_ptr, dk_ptr, dv_ptr, kdk_ptr, cross_ptr, qa_ptr, ke_ptr, share_ptr,
-    S, NC, scale, NV,
-    L: tl.constexpr, DQK: tl.constexpr, DKP: tl.constexpr, DV: tl.constexpr, BV: tl.constexpr,
-    DOT_PREC: tl.constexpr,
-):  # fmt: skip
-    """_bwd_inputs_kernel with the whole DQK in one tile: one pass over the DV tiles of (C_k, dC_end)
-    gives dq, dk (accumulated over DV) and dv (reduced over DQK inside the tile), so each state tile is
-    read once, not dC_end twice (phases 2 and 4 there)."""
-    c = tl.program_id(0)
-    bh = tl.program_id(1).to(tl.int64)
-    offs_t = tl.arange(0, L)
-    offs_k = tl.arange(0, DKP)
-    t = c * L + offs_t
-    mask_t = t < S
-    mask_k = offs_k < DQK
-    mask_tk = mask_t[:, None] & mask_k[None, :]
-    row_k = (bh * S + t[:, None]) * DQK
-    row_v = (bh * S + t[:, None]) * DV
-    lf = tl.load(lf_ptr + bh * S + t, mask=mask_t, other=0.0)
-    ig = tl.load(ig_ptr + bh * S + t, mask=mask_t, other=float("-inf"))
-    b = tl.cumsum(lf, axis=0)
-    g = tl.sum(lf, axis=0)
-    m_k = tl.load(ms_ptr + bh * (NC + 1) + c)
-    m_next = tl.load(ms_ptr + bh * (NC + 1) + c + 1)
-    m_pos = tl.load(mpos_ptr + bh * S + t, mask=mask_t, other=0.0)
-    norm = tl.load(norm_ptr + bh * S + t, mask=mask_t, other=1.0)
-    dden = tl.load(dden_ptr + bh * S + t, mask=mask_t, other=0.0)
-    state_base = (bh * NC + c) * DQK
-    dtype = q_ptr.dtype.element_ty
-    n_vt = NV if DV == BV else DV // BV
-
-    alpha = tl.exp(b + m_k - m_pos)  # weight of C_k at position t
-    beta = tl.exp(g - b + ig - m_next)  # weight of token t in the state at the chunk's end
-    decay = tl.exp(g + m_k - m_next)  # weight of C_k in the state at the chunk's end
-
-    # the two L x L matrices first (as phases 1 and 3 of _bwd_inputs_kernel): dP = dnum v^T + dden,
-    # scores q^ k^T, each masked by the decay matrix
-    dp = tl.zeros((L, L), dtype=tl.float32)
-    for vt in range(n_vt):
-        offs_v = vt * BV + tl.arange(0, BV)
-        dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        dp += tl.dot(dht, tl.trans(vv), input_precision=DOT_PREC)
-    dp = dp / norm[:, None]
-    wdp = (_decay_matrix(b, ig, m_pos, offs_t) * (dp + dden[:, None])).to(dtype)
-    qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_tk, other=0.0)
-    kk = tl.load(k_ptr + row_k + offs_k[None, :], mask=mask_tk, other=0.0)
-    scores = tl.dot(qt, tl.trans(kk), input_precision=DOT_PREC)
-    pair = wdp.to(tl.float32) * scores * scale
-    after = tl.cumsum(pair, axis=0, reverse=True)  # [l, j]: sum over t >= l of M_tj
-    cross = tl.sum(tl.where(offs_t[None, :] < offs_t[:, None], after, 0.0), axis=1)
-    tl.store(cross_ptr + bh * S + t, cross, mask=mask_t)
-    ws = (_decay_matrix(b, ig, m_pos, offs_t) * scores * (scale / norm[:, None])).to(dtype)
-
-    # one pass over the DV tiles of the states: dv of the tile; dq, dk's state parts accumulated
-    dq_inter = tl.zeros((L, DKP), dtype=tl.float32)  # dh C_k^T
-    dk_inter = tl.zeros((L, DKP), dtype=tl.float32)  # v dC_{k+1}^T
-    share = tl.zeros((DKP,), dtype=tl.float32)
-    for vt in range(n_vt):
-        offs_v = vt * BV + tl.arange(0, BV)
-        dht = tl.load(dh_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        vv = tl.load(v_ptr + row_v + offs_v[None, :], mask=mask_t[:, None], other=0.0)
-        c_tile = (state_base + offs_k[:, None]) * DV + offs_v[None, :]
-        ct = tl.load(Cs_ptr + c_tile, mask=mask_k[:, None], other=0.0)
-        dct = tl.load(dCs_ptr + c_tile, mask=mask_k[:, None], other=0.0)
-        dq_inter += tl.dot(dht, tl.trans(ct), input_precision=DOT_PREC)
-        dk_inter += tl.dot(vv, tl.trans(dct), input_precision=DOT_PREC)
-        share += tl.sum(ct.to(tl.float32) * dct.to(tl.float32), axis=1)
-        dv_inter = tl.dot(kk, dct, input_precision=DOT_PREC)  # k dC_{k+1}
-        dv = tl.dot(tl.trans(ws), dht, input_precision=DOT_PREC) + beta[:, None] * dv_inter
-        tl.store(dv_ptr + row_v + offs_v[None, :], dv.to(dv_ptr.dtype.element_ty), mask=mask_t[:, None])
-
-    nk = tl.load(ns_ptr + state_base + offs_k, mask=mask_k, other=0.0)
-    dnk = tl.load(dns_ptr + state_base + offs_k, mask=mask_k, other=0.0)
-    dq_x = alpha[:, None] * (dq_inter / norm[:, None] + dden[:, None] * nk[None, :]) * scale
-    qt = tl.load(q_ptr + row_k + offs_k[None, :], mask=mask_tk, other=0.0)  # again: not live in the loop
-    qa = tl.sum(qt.to(tl.float32) * dq_x, axis=1)
-    dq = tl.dot(wdp, kk, input_precision=DOT_PREC) * scale + dq_x
-    tl.store(dq_ptr + row_k + offs_k[None, :], dq.to(dq_ptr.dtype.element_ty), mask=mask_tk)
-    share += nk * dnk
-    dk_x = beta[:, None] * (dk_inter + dnk[None, :])
-    ke = tl.sum(kk.to(tl.float32) * dk_x, axis=1)
-    dk = tl.dot(tl.trans(wdp), qt, input_precision=DOT_PREC) * scale + dk_x
-    kdk = tl.sum(kk.to(tl.float32) * dk, axis=1)
-    tl.store(dk_ptr + row_k + offs_k[None, :], dk.to(dk_ptr.dtype.element_ty), mask=mask_tk)
-    tl.store(kdk_ptr + bh * S + t, kdk, mask=mask_t)
-    tl.store(qa_ptr + bh * S + t, qa, mask=mask_t)
-    tl.store(ke_ptr + bh * S + t, ke, mask=mask_t)
-    tl.store(share_ptr + bh * NC + c, decay * tl.sum(share, axis=0))
-
-
-# Whether the 16-bit backward uses _bwd_inputs_wide_kernel (DQK up to WIDE_MAX_DQK, padded to a power
-# of two, the config's backward per-chunk fields unset) and its launch (block_k unused: the whole DQK).
-# Read at call time. Off: correct but slower. H200, 2026-12-07 (bench/gpu_wide.sh, one process, 7B
-# heads, B 8, S 8192, bf16): fwd+bwd 11.21 ms at 64/8/2 against 10.90 ms for _bwd_inputs_kernel (32/8/3
-# 11.63, 64/16/2 14.25, 32/16/3 14.80); outputs equal to the DQK-tiled kernel's (dq, dk, dv bit for bit),
-# all 68 GPU tests passed with it on, 60 of 68 under memcheck (no error) before the limit. The
-# (L x DQK) float32 accumulators of dq and dk (128 registers a thread at 8 warps) leave 255 registers
-# and ~650 B of spills (Triton 3.6, bench/state_ptxas.py), most in the epilogue: the read of dC_end
-# saved (~2.1 GB) did not pay for them.
-WIDE_INPUTS = False
-WIDE_MAX_DQK = 256
-WIDE_LAUNCH = Launch(0, 64, 8, 2)
-
-
-def use_wide_inputs(dqk: int, dtype: torch.dtype, config: ChunkwiseConfig) -> bool:
-    """Whether chunk_inputs_bwd takes _bwd_inputs_wide_kernel for these heads, dtype and config."""
-    tuned = config.block_k_bwd or config.block_v_bwd or config.num_warps_bwd or config.num_stages_bwd
-    return WIDE_INPUTS and dtype != torch.float32 and next_pow2(dqk) <= WIDE_MAX_DQK and not tuned
-
-
 # Whether the backward's gate gradients run as one Triton kernel (`gate_grads_fused`: `gate_grads` and
 # the sigmoid for d f, some 48 small PyTorch launches on (B * NH, S) tensors) instead of the PyTorch
 # forms below. On an H100 at 7B heads, B 8, S 8192 the backward's PyTorch glue took 0.20 ms in 61
@@ -503,16 +387,6 @@ def chunk_inputs_bwd(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     kdk, cross, qa, ke = (torch.empty(BH, S, device=q.device, dtype=torch.float32) for _ in range(4))
     shares = torch.empty(BH, NC, device=q.device, dtype=torch.float32)
-    if use_wide_inputs(DQK, q.dtype, config):
-        BV = WIDE_LAUNCH.block_v if DV % WIDE_LAUNCH.block_v == 0 else pick_block(DV, WIDE_LAUNCH.block_v)
-        stages = WIDE_LAUNCH.num_stages if BV < DV else min(WIDE_LAUNCH.num_stages, 2)
-        _bwd_inputs_wide_kernel[(NC, BH)](
-            q, k, v, dh, lf, ig, m_pos, norm, dden, Cs, ns, ms, dCs, dns, dq, dk, dv, kdk, cross, qa, ke, shares,
-            S, NC, DQK**-0.5, DV // BV,
-            L=chunk_size, DQK=DQK, DKP=next_pow2(DQK), DV=DV, BV=BV, DOT_PREC=dot_precision(q.dtype),
-            num_warps=WIDE_LAUNCH.num_warps, num_stages=stages,
-        )  # fmt: skip
-        return dq, dk, dv, kdk, cross, qa, ke, shares
     launch = bwd_launch(DQK, DV, config, q.dtype)
     BK, BV = launch.block_k, launch.block_v
     _bwd_inputs_kernel[(NC, BH)](
