@@ -87,14 +87,48 @@ def release_matched_graphs() -> int:
     return held
 
 
+# onnxscript's default rewrite rules less these: "SlicesSplit" (two Slices of one input -> a Split) is the
+# one rule whose pattern has two output nodes, which onnxscript 0.7.2 matches by scanning every node of
+# the graph for each candidate node (O(nodes^2)): at the 7B shape (32 blocks) that scan took most of
+# the 19 min of exporting three graphs; with one block, under a second
+SKIPPED_REWRITE_RULES = ("SlicesSplit",)
+
+
+def optimize_graph(model: Any, fold_limit: int | None = None) -> None:
+    """onnxscript's ``optimize`` (0.7.2's pass sequence: inline, then twice constant folding, the rewrite
+    rules and unused-node removal, then the clean-up passes) on an ``onnx_ir`` model in place, without
+    ``SKIPPED_REWRITE_RULES``; ``fold_limit`` (elements) bounds what constant folding may read and write
+    (None: onnxscript's defaults, the exporter's own setting)."""
+    import onnx_ir as ir
+    import onnx_ir.passes.common as common
+    from onnxscript import rewriter
+    from onnxscript.optimizer import _constant_folding
+
+    limits = ({"input_size_limit": _constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+               "output_size_limit": _constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT}
+              if fold_limit is None else {"input_size_limit": fold_limit, "output_size_limit": fold_limit})
+    rules = [r for r in rewriter._DEFAULT_REWRITE_RULES if r.name not in SKIPPED_REWRITE_RULES]
+    loop = ir.passes.PassManager(
+        [_constant_folding.FoldConstantsPass(shape_inference=True, **limits), rewriter.RewritePass(rules),
+         common.RemoveUnusedNodesPass(), common.RemoveUnusedFunctionsPass(), common.RemoveUnusedOpsetsPass()],
+        steps=2, early_stop=True,
+    )
+    ir.passes.Sequential(
+        common.InlinePass(), loop, common.RemoveUnusedNodesPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        common.LiftSubgraphInitializersToMainGraphPass(), common.DeduplicateInitializersPass(),
+        common.CommonSubexpressionEliminationPass(), common.OutputFixPass(), common.NameFixPass(),
+    )(model)
+
+
 def export_onnx_module(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
                        dynamic_shapes: Any, lowering: Any = None) -> None:
     """``torch.onnx.export`` (dynamo) of ``module`` at ``args`` to ``path``, weights in a data file beside it.
 
-    ``lowering`` (a quantized model's ``Lowering``): its custom-op translation table, the optimizer's
-    fold limit (onnxscript's optimizer then runs with it instead of the exporter's own), and a pass
-    run on the saved file (``after_save``)."""
-    custom = lowering is not None and lowering.fold_limit is not None
+    The exporter's own optimization is replaced by ``optimize_graph`` (the same passes, less a rule
+    quadratic in the graph's size). ``lowering`` (a quantized model's ``Lowering``): its custom-op
+    translation table, the optimizer's fold limit, and a pass run on the saved file (``after_save``)."""
+    fold_limit = lowering.fold_limit if lowering is not None else None
     extra: dict[str, Any] = {}
     if lowering is not None and lowering.translation_table is not None:
         extra["custom_translation_table"] = lowering.translation_table
@@ -102,13 +136,9 @@ def export_onnx_module(module: nn.Module, args: tuple, path: Path, inputs: list[
         warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecated pytree calls
         program = torch.onnx.export(
             module, args, dynamo=True, opset_version=OPSET, input_names=inputs, output_names=outputs,
-            dynamic_shapes=dynamic_shapes, external_data=True, optimize=not custom, verbose=False, **extra,
+            dynamic_shapes=dynamic_shapes, external_data=True, optimize=False, verbose=False, **extra,
         )
-        if custom:
-            import onnxscript.optimizer
-
-            onnxscript.optimizer.optimize(program.model, input_size_limit=lowering.fold_limit,
-                                          output_size_limit=lowering.fold_limit)
+        optimize_graph(program.model, fold_limit)
         path.parent.mkdir(parents=True, exist_ok=True)
         program.save(str(path), external_data=True)
     del program
