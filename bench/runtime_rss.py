@@ -2,10 +2,13 @@
 (the kernel's peak, "Maximum resident set size").
 
     /usr/bin/time -v .venv/bin/python bench/runtime_rss.py PKG [--tokens 64] [--threads 2] [--own-weights]
+        [--sessions auto|one|two]
 
 ``--own-weights`` turns ``SharedWeights`` off (each ONNX Runtime session loads weights.bin itself, as
-before it): the comparison for the shared copy. Prints the package's bytes, whether torch was imported,
-and the process's own peak. Not a test.
+before it): the comparison for the shared copy. ``--sessions`` picks ONNX Runtime's one ``genai.onnx``
+session or the step + prefill pair (auto: the runtime's choice, one for quantized packages). Prints the
+package's bytes, whether torch was imported, and the process's own peak against issue 13's bound for
+streaming (package + state + 1 GiB). Not a test.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ def main() -> None:
     ap.add_argument("--own-weights", action="store_true", help="each session loads its own weights")
     ap.add_argument("--prepack", choices=["auto", "on", "off"], default="auto",
                     help="ONNX Runtime's weight prepacking (auto: the backend's choice)")
+    ap.add_argument("--sessions", choices=["auto", "one", "two"], default="auto",
+                    help="ONNX Runtime: one genai.onnx session or step + prefill (auto: the runtime's choice)")
     args = ap.parse_args()
 
     from xlstm_edge.runtime import load
@@ -35,6 +40,10 @@ def main() -> None:
         import xlstm_edge.runtime.ort_backend as ob
 
         ob.PREPACK_OVERRIDE = args.prepack == "on"
+    if args.sessions != "auto":
+        import xlstm_edge.runtime.ort_genai_backend as og
+
+        og.ONE_SESSION_OVERRIDE = args.sessions == "one"
     if args.own_weights:
         SharedWeights.add_to = lambda self, options, record: 0  # type: ignore[method-assign]
     t0 = time.perf_counter()
@@ -43,10 +52,16 @@ def main() -> None:
     prompt = ("the state of a recurrent model holds its whole context " * 20)[:args.prompt_bytes]
     t0 = time.perf_counter()
     sess.generate(prompt, max_new_tokens=args.tokens, stop_tokens=[])
+    t_gen = time.perf_counter() - t0
     pkg_bytes = sum(p.stat().st_size for p in args.package.iterdir() if p.is_file())
-    print(f"package {pkg_bytes / 2**20:.0f} MiB, load {t_load:.1f} s, generate {time.perf_counter() - t0:.1f} s, "
-          f"{sess.last_stats.summary()}; torch imported: {'torch' in sys.modules}; shared weights: "
-          f"{getattr(sess.backend, 'weights', None) is not None and sess.backend.weights.num_values > 0}; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+    state = sess.backend.layout.bytes_per_row
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    bound = pkg_bytes + state + 2**30
+    shared = getattr(sess.backend, "weights", None) is not None and sess.backend.weights.num_values > 0
+    print(f"{sess.backend.describe()}\npackage {pkg_bytes / 2**20:.0f} MiB, state {state / 2**20:.0f} MiB a row, "
+          f"load {t_load:.1f} s, generate {t_gen:.1f} s, {sess.last_stats.summary()}; torch imported: "
+          f"{'torch' in sys.modules}; shared weights: {shared}; peak RSS {peak / 2**20:.0f} MiB, "
+          f"bound (package + state + 1 GiB) {bound / 2**20:.0f} MiB: {peak / bound:.0%}")
 
 
 if __name__ == "__main__":

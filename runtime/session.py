@@ -154,7 +154,10 @@ def _open_package(path: Path, backend: str | None, threads: int, decode_threads:
         raise PackageError(f"{path} was exported for {manifest.backend}, not {backend}")
     if manifest.backend == "onnxruntime":
         from .ort_backend import OrtBackend
+        from .ort_genai_backend import OrtGenAIBackend, use_one_session
 
+        if use_one_session(path, manifest):
+            return OrtGenAIBackend(path, manifest, threads, decode_threads)
         return OrtBackend(path, manifest, threads, decode_threads)
     from .executorch_backend import ExecuTorchBackend
 
