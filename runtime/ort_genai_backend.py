@@ -53,6 +53,11 @@ class OrtGenAIBackend(Backend):
         self.manifest = manifest
         self.source = str(package_dir)
         # one session, one thread pool: prefill and decode share it
+        if decode_threads is not None and decode_threads != num_threads:
+            raise GenerationArgumentError(
+                f"package {package_dir} streams on one ONNX Runtime session (quantized, genai.onnx: each session "
+                f"would hold its own prepacked weights), so decode runs on its {num_threads} threads: "
+                f"decode_threads {decode_threads} cannot differ from num_threads")
         self.num_threads = self.decode_threads = num_threads
         self.config, self.layout = manifest_config_and_layout(manifest, str(package_dir))
         if not manifest.genai or not manifest.genai.get("graph"):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from xlstm_edge.runtime import load
 from xlstm_edge.runtime import ort_genai_backend as one
+from xlstm_edge.runtime.errors import GenerationArgumentError
 from xlstm_edge.runtime.genai_slots import SlotLayout
 from xlstm_edge.runtime.ort_backend import OrtBackend
 from xlstm_edge.runtime.ort_genai_backend import OrtGenAIBackend
@@ -27,6 +28,8 @@ def test_quantized_packages_open_one_session_float32_two(ort_built):
         assert isinstance(sess.backend, OrtGenAIBackend), scheme
         assert "one session: genai.onnx" in sess.backend.describe()
     assert type(load(ort_built.package, num_threads=2).backend) is OrtBackend
+    with pytest.raises(GenerationArgumentError, match="one ONNX Runtime session"):
+        load(ort_built.int8["int8-dynamic", "int8"].out, num_threads=2, decode_threads=1)
 
 
 def test_one_session_computes_what_the_two_sessions_compute(ort_built, monkeypatch, seed):
