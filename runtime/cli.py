@@ -43,7 +43,8 @@ _backend_option = click.option(
     help="onnxruntime | executorch | torch (default: the package's own; torch takes a checkpoint directory).")
 _threads_option = click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 _decode_threads_option = click.option("--decode-threads", type=int, default=None,
-                                      help="Threads of one-token decode steps (default: --threads; ONNX Runtime and torch only).")
+                                      help="Threads of one-token decode steps (default: --threads; ONNX Runtime and "
+                                           "torch only; not quantized ONNX packages, which run on one session).")
 
 
 @click.command("generate")
