@@ -14,7 +14,8 @@
 
 Shapes: x (..., K) float32, weight (N, K) int8, scales (N,) float32, bias (N,) or None -> y (..., N).
 The two grouped ops also take a 4-bit weight packed two values a byte, (N, K / 2) uint8
-(``primitives.pack_int4``): it is unpacked one block of K at a time, never whole.
+(``primitives.pack_int4``): it is unpacked one chunk of rows at a time, never whole
+(``block_products``, which every op's exact integer products come from).
 Being custom ops, they reach ``torch.export`` / ``torch.onnx.export`` as single nodes that the ONNX
 backend translates into ONNX Runtime's integer kernels (``onnx_backend``), so the graph computes the
 same integers as this reference.
