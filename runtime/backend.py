@@ -104,3 +104,40 @@ class SingleBufferBackend(Backend):
             self._state = self.layout.zeros(batch)
         for buf, t in zip(self._state, tensors, strict=True):
             np.copyto(buf, t)
+
+
+class DoubleBufferBackend(Backend):
+    """A backend whose state lives in two sets of buffers, ``self._bufs[self._cur]`` holding it now (ONNX
+    Runtime: a call reads one set and writes the other). Subclasses provide ``_alloc(batch)`` (fresh zero
+    buffers) and, where the buffers are not in layout order, ``_pack`` / ``_unpack``."""
+
+    _bufs: list[list[np.ndarray]]
+    _cur: int
+
+    @abstractmethod
+    def _alloc(self, batch_size: int) -> None:
+        """Allocate both buffer sets (zero) and whatever is bound to them for ``batch_size`` rows."""
+
+    def _pack(self, tensors: list[np.ndarray], bufs: list[np.ndarray]) -> None:
+        """Copy state ``tensors`` (layout order) into one buffer set."""
+        for buf, t in zip(bufs, tensors, strict=True):
+            np.copyto(buf, t)
+
+    def _unpack(self, bufs: list[np.ndarray]) -> list[np.ndarray]:
+        """Copies of the state (layout order) held by one buffer set."""
+        return [t.copy() for t in bufs]
+
+    def reset(self, batch_size: int) -> None:
+        if batch_size != self.batch_size:
+            self._alloc(batch_size)
+        for t in self._bufs[self._cur]:
+            t.fill(0)
+
+    def read_state(self) -> list[np.ndarray]:
+        return self._unpack(self._bufs[self._cur])
+
+    def write_state(self, tensors: list[np.ndarray]) -> None:
+        batch = self.layout.check(tensors, "state")
+        if batch != self.batch_size:
+            self._alloc(batch)
+        self._pack(tensors, self._bufs[self._cur])

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, require_module
+from .backend import DoubleBufferBackend, require_module
 from .errors import GenerationArgumentError, PackageError
 from .graphs import SharedWeights, open_ort_session, ort_session_options
 from .package_checks import check_graph_io, manifest_config_and_layout
@@ -30,7 +30,7 @@ def _has_nbits(package_dir: Path, manifest: Any) -> bool:
     return any(b"MatMulNBits" in (package_dir / manifest.graph(m).file).read_bytes() for m in ("step", "prefill"))
 
 
-class OrtBackend(Backend):
+class OrtBackend(DoubleBufferBackend):
     """onnxruntime ``InferenceSession``s on the CPU execution provider."""
 
     name = "onnxruntime"
@@ -129,22 +129,6 @@ class OrtBackend(Backend):
     @property
     def batch_size(self) -> int:
         return self._step_ids.shape[0]
-
-    def reset(self, batch_size: int) -> None:
-        if batch_size != self.batch_size:
-            self._alloc(batch_size)
-        for t in self._bufs[self._cur]:
-            t.fill(0)
-
-    def read_state(self) -> list[np.ndarray]:
-        return [t.copy() for t in self._bufs[self._cur]]
-
-    def write_state(self, tensors: list[np.ndarray]) -> None:
-        batch = self.layout.check(tensors, "state")
-        if batch != self.batch_size:
-            self._alloc(batch)
-        for buf, t in zip(self._bufs[self._cur], tensors, strict=True):
-            np.copyto(buf, t)
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         np.copyto(self._step_ids, input_ids.reshape(self._step_ids.shape))

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, require_module
+from .backend import DoubleBufferBackend, require_module
 from .errors import GenerationArgumentError, PackageError
 from .genai_slots import SlotLayout
 from .graphs import open_ort_session, ort_session_options
@@ -40,7 +40,7 @@ def use_one_session(package_dir: Path, manifest: Any) -> bool:
     return bool(manifest.genai and manifest.genai.get("graph")) and _has_nbits(package_dir, manifest)
 
 
-class OrtGenAIBackend(Backend):
+class OrtGenAIBackend(DoubleBufferBackend):
     """onnxruntime, one ``InferenceSession`` on ``genai.onnx`` (CPU execution provider)."""
 
     name = "onnxruntime"
@@ -129,20 +129,11 @@ class OrtGenAIBackend(Backend):
     def batch_size(self) -> int:
         return self._logits.shape[0]
 
-    def reset(self, batch_size: int) -> None:
-        if batch_size != self.batch_size:
-            self._alloc(batch_size)
-        for t in self._bufs[self._cur]:
-            t.fill(0)
+    def _pack(self, tensors: list[np.ndarray], bufs: list[np.ndarray]) -> None:
+        self.slots.pack(tensors, bufs)
 
-    def read_state(self) -> list[np.ndarray]:
-        return self.slots.unpack(self._bufs[self._cur])
-
-    def write_state(self, tensors: list[np.ndarray]) -> None:
-        batch = self.layout.check(tensors, "state")
-        if batch != self.batch_size:
-            self._alloc(batch)
-        self.slots.pack(tensors, self._bufs[self._cur])
+    def _unpack(self, bufs: list[np.ndarray]) -> list[np.ndarray]:
+        return self.slots.unpack(bufs)
 
     def step(self, input_ids: np.ndarray) -> np.ndarray:
         if input_ids.size != self.batch_size:
